@@ -1,0 +1,72 @@
+"""Event bodies to JSON and back: one cattrs converter (the reference) and msgspec (the hot path).
+
+cattrs gives readable structuring errors and the tagged union keyed by `kind`; msgspec decodes
+the same JSON straight into the same attrs classes about 4x faster (see peers/eventlog.md).
+Tests hold the two to the same bytes. Imports no sqlite.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import cattrs
+import msgspec
+from cattrs.strategies import configure_tagged_union
+
+from reflowes.events.errors import UnknownEventKind, BadEventBody
+from reflowes.events.model import BY_KIND, Event
+
+_encoder = msgspec.json.Encoder()
+_decoders: dict[str, msgspec.json.Decoder[Any]] = {
+    kind: msgspec.json.Decoder(cls) for kind, cls in BY_KIND.items()
+}
+
+
+def make_converter() -> cattrs.Converter:
+    """The one converter: every event kind as a tagged union on `kind`."""
+    conv = cattrs.Converter(forbid_extra_keys=True)
+    configure_tagged_union(
+        Event,  # type: ignore[arg-type]
+        conv,
+        tag_generator=lambda cl: cl.kind,  # type: ignore[attr-defined]
+        tag_name="kind",
+    )
+    return conv
+
+
+converter = make_converter()
+
+
+def encode(event: Event) -> bytes:
+    """The JSON body of an event (its fields, without the kind)."""
+    return _encoder.encode(event)
+
+
+def decode(kind: str, body: str | bytes) -> Event:
+    """The event of that kind from its JSON body; errors name the kind and the field."""
+    dec = _decoders.get(kind)
+    if dec is None:
+        raise UnknownEventKind(kind)
+    try:
+        return dec.decode(body)  # type: ignore[no-any-return]
+    except msgspec.ValidationError as e:
+        raise BadEventBody(kind, str(e)) from None
+    except msgspec.DecodeError as e:
+        raise BadEventBody(kind, f"not JSON: {e}") from None
+
+
+def to_dict(event: Event) -> dict[str, Any]:
+    """The tagged-union form: the event's fields plus `kind` (for --json output and tests)."""
+    return converter.unstructure(event, Event)  # type: ignore[arg-type,no-any-return]
+
+
+def from_dict(data: dict[str, Any]) -> Event:
+    """The event from its tagged-union form; cattrs' errors are made readable."""
+    kind = data.get("kind")
+    if kind not in BY_KIND:
+        raise UnknownEventKind(str(kind))
+    try:
+        return converter.structure(data, Event)  # type: ignore[arg-type,no-any-return]
+    except cattrs.BaseValidationError as e:
+        msgs = "; ".join(cattrs.transform_error(e))
+        raise BadEventBody(str(kind), msgs) from None
