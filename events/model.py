@@ -135,7 +135,8 @@ class RunPhaseChanged:
 
 @attrs.frozen(kw_only=True)
 class RunFinished:
-    """A run is over: its result (materialized under results/<run id>/) or its error."""
+    """A run is over (phase Done when ok, else Error): its result, materialized under
+    results/<run id>/, or its error; `steps` maps each step's name to its cache key."""
 
     kind: ClassVar[str] = "run.finished"
     decision: ClassVar[bool] = True
@@ -145,6 +146,7 @@ class RunFinished:
     error: Optional[str] = None
     steps_run: int = 0
     steps_cached: int = 0
+    steps: dict[str, str] = attrs.field(factory=dict)  # step name -> cache key
 
     def stream(self) -> str:
         return _stream("run", self.run_id)
