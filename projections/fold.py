@@ -1,0 +1,132 @@
+"""The three projections as one bundle, folded from a log, resumed from its newest snapshot.
+
+Snapshots are discardable caches (msgpack of the bundle + the seq it covers + VERSION); a
+snapshot of another VERSION is ignored and the log folded from seq 0. Imports only
+reflowes.events, the projections, msgspec and the stdlib; the log is passed in, never opened.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+
+import msgspec
+from reflowes.events.model import EVENT_TYPES, Recorded
+from reflowes.projections import batch, manifests, stats
+
+SNAPSHOT_NAME = "projections"
+VERSION = 1  # bump whenever a projection's state shape or meaning changes
+
+
+class Projections(msgspec.Struct):
+    """Stats, batch state and executor manifests as of `seq` (0: nothing applied)."""
+
+    seq: int = 0
+    stats: stats.StatsState = msgspec.field(default_factory=stats.initial)
+    batch: batch.BatchState = msgspec.field(default_factory=batch.initial)
+    manifests: manifests.ManifestsState = msgspec.field(default_factory=manifests.initial)
+
+    def apply(self, rec: Recorded) -> Projections:
+        """Fold one event into all three (in place) and return self."""
+        handlers = _TABLE.get(type(rec.event))
+        if handlers:
+            parts = (self.stats, self.batch, self.manifests)
+            for fn, i in handlers:
+                fn(parts[i], rec.event, rec.at)
+        self.seq = rec.seq
+        return self
+
+    def apply_all(self, records: Iterable[Recorded]) -> Projections:
+        """Fold many events in order (the hot loop of replay and recovery)."""
+        table = _TABLE
+        parts = (self.stats, self.batch, self.manifests)
+        seq = self.seq
+        for rec in records:
+            ev = rec.event
+            handlers = table.get(type(ev))
+            if handlers:
+                at = rec.at
+                for fn, i in handlers:
+                    fn(parts[i], ev, at)
+            seq = rec.seq
+        self.seq = seq
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form of all three."""
+        return {
+            "seq": self.seq,
+            "stats": stats.to_dict(self.stats),
+            "batch": batch.to_dict(self.batch),
+            "manifests": manifests.to_dict(self.manifests),
+        }
+
+
+def _table() -> dict[type, tuple[tuple[Callable[[Any, Any, float], None], int], ...]]:
+    out = {}
+    for t in EVENT_TYPES:
+        hs = tuple(
+            (mod.HANDLERS[t], i)
+            for i, mod in enumerate((stats, batch, manifests))
+            if t in mod.HANDLERS
+        )
+        if hs:
+            out[t] = hs
+    return out
+
+
+_TABLE = _table()
+_decoder = msgspec.msgpack.Decoder(Projections)
+
+
+def initial() -> Projections:
+    """Nothing applied yet."""
+    return Projections()
+
+
+def dumps(p: Projections) -> bytes:
+    """Snapshot bytes of the bundle."""
+    return msgspec.msgpack.encode(p)
+
+
+def loads(blob: bytes) -> Projections:
+    """The bundle from snapshot bytes (msgspec.DecodeError if they are not one)."""
+    return _decoder.decode(blob)
+
+
+class ReadableLog(Protocol):
+    """What fold needs of a log (events.log's SqliteLog and MemoryLog both fit)."""
+
+    def read(self, after: int = 0, until: int | None = None) -> Iterable[Recorded]: ...
+
+    def load_snapshot(self, name: str) -> tuple[int, int, bytes] | None: ...
+
+
+class WritableLog(ReadableLog, Protocol):
+    def save_snapshot(self, name: str, seq: int, version: int, blob: bytes) -> None: ...
+
+
+def from_snapshot(log: ReadableLog, until: int | None = None) -> Projections:
+    """The newest usable snapshot (version matches, covers no more than `until`), else empty."""
+    snap = log.load_snapshot(SNAPSHOT_NAME)
+    if snap is not None:
+        seq, version, blob = snap
+        if version == VERSION and (until is None or seq <= until):
+            try:
+                p = loads(blob)
+            except msgspec.DecodeError:
+                return initial()  # a damaged cache is no reason to fail: fold from 0
+            if p.seq == seq:
+                return p
+    return initial()
+
+
+def fold(log: ReadableLog, until: int | None = None, use_snapshot: bool = True) -> Projections:
+    """The projections as of seq `until` (default: the end): snapshot, then the tail after it."""
+    p = from_snapshot(log, until) if use_snapshot else initial()
+    return p.apply_all(log.read(after=p.seq, until=until))
+
+
+def snapshot(log: WritableLog, p: Projections) -> None:
+    """Store the bundle as the newest snapshot (writer process only)."""
+    log.save_snapshot(SNAPSHOT_NAME, p.seq, VERSION, dumps(p))
