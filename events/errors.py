@@ -10,9 +10,12 @@ class ReflowesError(Exception):
 class UnknownEventKind(ReflowesError, ValueError):
     """A stored event's kind is not in this version's vocabulary."""
 
-    def __init__(self, kind: str) -> None:
-        super().__init__(f"unknown event kind {kind!r} (written by a newer reflowes?)")
+    def __init__(self, kind: str, seq: int | None = None, path: str | None = None) -> None:
+        where = "".join([f" at seq {seq}" if seq is not None else "", f" in {path}" if path else ""])
+        super().__init__(f"unknown event kind {kind!r}{where} (written by a newer reflowes?)")
         self.kind = kind
+        self.seq = seq
+        self.path = path
 
 
 class BadEventBody(ReflowesError, ValueError):
@@ -54,3 +57,7 @@ class NewerSchema(LogError):
         )
         self.found = found
         self.supported = supported
+
+
+class LogLocked(LogError):
+    """Another process holds the log's only write connection (read-only opens still work)."""

@@ -1,0 +1,543 @@
+"""The append-only event log: a SQLite file (one writer process, any number of readers) and an
+in-memory twin with the same interface. Imports no engine or projection code.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sqlite3
+import time
+import urllib.parse
+from collections.abc import Callable, Collection, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, Protocol, Self
+
+import sqlite_utils
+from reflowes.events import codec
+from reflowes.events.errors import (
+    BadEventBody,
+    CorruptLog,
+    LogError,
+    LogLocked,
+    NewerSchema,
+    NotALog,
+    UnknownEventKind,
+)
+from reflowes.events.model import BY_KIND, SCHEMA_VERSION, Event, Recorded
+
+FORMAT = "reflowes-log"
+APPLICATION_ID = 0x52464C57  # "RFLW" in the SQLite header
+CHUNK = 10_000  # rows per statement: a long read never pins the WAL
+BUSY_TIMEOUT_MS = 5000
+
+RawRow = tuple[int, float, str, str, int, "bytes | str"]  # seq, at, kind, stream, v, body
+_INSERT = "INSERT INTO events (seq, at, kind, stream, v, body) VALUES (?, ?, ?, ?, ?, ?)"
+
+
+class EventLog(Protocol):
+    """What the shell, projections and CLIs need from a log; seqs start at 1 and have no gaps."""
+
+    path: str
+
+    def append(self, events: Sequence[Event], at: float | None = None) -> list[Recorded]: ...
+
+    def read(
+        self, after: int = 0, *, until: int | None = None, limit: int | None = None,
+        kinds: Collection[str] | None = None, stream_prefix: str | None = None,
+    ) -> Iterator[Recorded]: ...
+
+    def read_raw(self, after: int = 0, until: int | None = None) -> Iterator[RawRow]: ...
+
+    def last_seq(self) -> int: ...
+
+    def save_snapshot(self, name: str, seq: int, version: int, blob: bytes) -> None: ...
+
+    def load_snapshot(self, name: str) -> tuple[int, int, bytes] | None: ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
+def _encode_group(
+    events: Sequence[Event], first: int, at: float
+) -> tuple[list[RawRow], list[Recorded]]:
+    """Rows and envelopes for a group that starts at seq `first`; refuses non-events."""
+    rows: list[RawRow] = []
+    recs: list[Recorded] = []
+    encode = codec.encode
+    seq = first
+    for ev in events:
+        cls = type(ev)
+        kind: str = getattr(cls, "kind", "")
+        if BY_KIND.get(kind) is not cls:
+            raise TypeError(f"not an event of the vocabulary: {ev!r}")
+        rows.append((seq, at, kind, ev.stream(), SCHEMA_VERSION, encode(ev).decode()))
+        recs.append(Recorded(seq, at, ev))
+        seq += 1
+    return rows, recs
+
+
+def _decode(path: str, seq: int, at: float, kind: str, body: bytes | str, v: int) -> Recorded:
+    """One stored row as an envelope; errors name the kind, the seq and the file."""
+    try:
+        return Recorded(seq, at, codec.decode(kind, body), v)
+    except UnknownEventKind:
+        raise UnknownEventKind(kind, seq, path) from None
+    except BadEventBody as e:
+        raise BadEventBody(kind, f"{e.detail} (seq {seq} in {path})") from None
+
+
+def _check_snapshot(path: str, seq: int, last: int) -> None:
+    if not 0 <= seq <= last:
+        raise ValueError(f"{path}: snapshot at seq {seq} but the log ends at seq {last}")
+
+
+# ---------------------------------------------------------------- in memory
+
+
+class MemoryLog:
+    """The log as a Python list, for tests and for differential checks against SqliteLog."""
+
+    def __init__(self) -> None:
+        self.path = ":memory:"
+        self._rows: list[RawRow] = []
+        self._snapshots: dict[str, tuple[int, int, bytes]] = {}
+
+    def append(self, events: Sequence[Event], at: float | None = None) -> list[Recorded]:
+        """Append a group of events atomically; returns their envelopes."""
+        if not events:
+            return []
+        rows, recs = _encode_group(events, len(self._rows) + 1, time.time() if at is None else at)
+        self._rows.extend(rows)
+        return recs
+
+    def read(
+        self, after: int = 0, *, until: int | None = None, limit: int | None = None,
+        kinds: Collection[str] | None = None, stream_prefix: str | None = None,
+    ) -> Iterator[Recorded]:
+        """Events with after < seq <= until (default: the last seq now), in seq order."""
+        wanted = None if kinds is None else frozenset(kinds)
+        n = 0
+        for seq, at, kind, stream, v, body in self.read_raw(after, until):
+            if limit is not None and n >= limit:
+                return
+            if wanted is not None and kind not in wanted:
+                continue
+            if stream_prefix and not stream.startswith(stream_prefix):
+                continue
+            n += 1
+            yield _decode(self.path, seq, at, kind, body, v)
+
+    def read_raw(self, after: int = 0, until: int | None = None) -> Iterator[RawRow]:
+        """Undecoded rows (seq, at, kind, stream, v, body) with after < seq <= until."""
+        hi = len(self._rows) if until is None else min(until, len(self._rows))
+        return iter(self._rows[max(after, 0):max(hi, 0)])
+
+    def last_seq(self) -> int:
+        return len(self._rows)
+
+    def save_snapshot(self, name: str, seq: int, version: int, blob: bytes) -> None:
+        """Store (or replace) the snapshot called `name`, taken at `seq`."""
+        _check_snapshot(self.path, seq, self.last_seq())
+        self._snapshots[name] = (seq, version, bytes(blob))
+
+    def load_snapshot(self, name: str) -> tuple[int, int, bytes] | None:
+        return self._snapshots.get(name)
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# ---------------------------------------------------------------- SQLite
+
+
+_TRIGGERS = [
+    """CREATE TRIGGER events_no_update BEFORE UPDATE ON events
+       BEGIN SELECT RAISE(ABORT, 'reflowes event log is append-only: UPDATE refused'); END""",
+    """CREATE TRIGGER events_no_delete BEFORE DELETE ON events
+       BEGIN SELECT RAISE(ABORT, 'reflowes event log is append-only: DELETE refused'); END""",
+]
+
+
+def _create(path: str) -> None:
+    """Write an empty log beside `path`, then link it into place: a log file is whole or absent."""
+    tmp = path + ".creating"
+    for leftover in (tmp, tmp + "-wal", tmp + "-shm", tmp + "-journal"):
+        if os.path.exists(leftover):
+            os.unlink(leftover)
+    db = sqlite_utils.Database(tmp)
+    try:
+        db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        db.enable_wal()
+        with db.atomic():
+            db["events"].create(  # type: ignore[union-attr]
+                {"seq": int, "at": float, "kind": str, "stream": str, "v": int, "body": str},
+                pk="seq", not_null={"at", "kind", "stream", "v", "body"},
+            )
+            db["snapshots"].create(  # type: ignore[union-attr]
+                {"name": str, "seq": int, "version": int, "at": float, "blob": bytes},
+                pk="name", not_null={"seq", "version", "blob"},
+            )
+            db["meta"].create({"key": str, "value": str}, pk="key")  # type: ignore[union-attr]
+            db["meta"].insert_all([  # type: ignore[union-attr]
+                {"key": "format", "value": FORMAT},
+                {"key": "schema_version", "value": str(SCHEMA_VERSION)},
+                {"key": "created_at", "value": repr(time.time())},
+            ])
+            for sql in _TRIGGERS:
+                db.execute(sql)
+    finally:
+        db.close()
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        pass  # created meanwhile by a writer that ignored the lock; validation decides
+    finally:
+        os.unlink(tmp)
+
+
+def _take_writer_lock(path: str) -> int:
+    """An exclusive flock on `<path>-writer`; the kernel drops it when the writer dies."""
+    lock = path + "-writer"
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise LogError(path, f"cannot open the writer lock {lock}: {e.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise LogLocked(
+            path, f"pid {holder} holds the only write connection to this log; open it read-only "
+            "or stop that process"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def scan_last_good(conn: sqlite3.Connection) -> int:
+    """The highest seq such that every event 1..seq can still be read (0 if none)."""
+    last = 0
+    try:
+        while True:
+            rows = conn.execute(
+                "SELECT seq, length(body), kind FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+                (last, CHUNK),
+            ).fetchall()
+            for seq, _, _ in rows:
+                if seq != last + 1:
+                    return last
+                last = seq
+            if len(rows) < CHUNK:
+                return last
+    except sqlite3.DatabaseError:
+        return last
+
+
+class SqliteLog:
+    """The log in one SQLite file (WAL, synchronous=FULL).
+
+    Exactly one process may open a log for writing (a flock on `<path>-writer` enforces it;
+    a second writer gets LogLocked). Any number of processes may open it read-only meanwhile.
+    Not for concurrent use by several threads: hand it to one thread at a time.
+    """
+
+    def __init__(
+        self, path: str, conn: sqlite3.Connection, readonly: bool, lock_fd: int | None
+    ) -> None:
+        self.path = path
+        self.readonly = readonly
+        self._conn: sqlite3.Connection | None = conn
+        self._lock_fd = lock_fd
+        self._last = 0
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], *, readonly: bool = False,
+             verify: bool = False) -> SqliteLog:
+        """Open (and, unless readonly, create when missing) a log; `verify` runs quick_check."""
+        p = os.fspath(path)
+        if not os.path.exists(p) and readonly:
+            raise NotALog(p, "no such file")
+        if os.path.isdir(p):
+            raise NotALog(p, "is a directory, not a reflowes event log")
+        lock_fd = None if readonly else _take_writer_lock(p)
+        try:
+            if not readonly and not os.path.exists(p):
+                _create(p)
+            conn = _connect(p, readonly)
+            try:
+                last = _validate(conn, p)
+                if verify:
+                    _integrity(conn, p, "quick_check")
+                if not readonly:
+                    conn.execute("PRAGMA journal_mode = WAL")
+                    conn.execute("PRAGMA synchronous = FULL")
+            except BaseException:
+                conn.close()
+                raise
+        except BaseException:
+            if lock_fd is not None:
+                os.close(lock_fd)
+            raise
+        log = cls(p, conn, readonly, lock_fd)
+        log._last = last
+        return log
+
+    # ------------------------------------------------------------ writing
+
+    def append(self, events: Sequence[Event], at: float | None = None) -> list[Recorded]:
+        """Append a group in ONE transaction (group commit); returns the envelopes with seqs."""
+        if not events:
+            return []
+        rows, recs = _encode_group(events, self._last + 1, time.time() if at is None else at)
+        with self._transaction() as conn:
+            found = conn.execute("SELECT max(seq) FROM events").fetchone()[0] or 0
+            if found != self._last:
+                raise LogError(self.path, f"log ends at seq {found} but this writer expected "
+                               f"{self._last}: another process wrote to it")
+            conn.executemany(_INSERT, rows)
+        self._last = rows[-1][0]
+        return recs
+
+    def save_snapshot(self, name: str, seq: int, version: int, blob: bytes) -> None:
+        """Store (or replace) the snapshot called `name`, taken at `seq`."""
+        _check_snapshot(self.path, seq, self.last_seq())
+        with self._transaction() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO snapshots (name, seq, version, at, blob) "
+                "VALUES (?, ?, ?, ?, ?)", (name, seq, version, time.time(), bytes(blob)))
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT, rolled back on any error; SQLite errors name the file."""
+        if self.readonly:
+            raise LogError(self.path, "opened read-only; only the writer process appends")
+        conn = self._live()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.DatabaseError as e:
+            raise self._wrap(e) from None
+
+    # ------------------------------------------------------------ reading
+
+    def last_seq(self) -> int:
+        """The seq of the newest committed event (0 for an empty log)."""
+        if not self.readonly:
+            return self._last
+        return int(self._query("SELECT max(seq) FROM events", ())[0][0] or 0)
+
+    def read(
+        self, after: int = 0, *, until: int | None = None, limit: int | None = None,
+        kinds: Collection[str] | None = None, stream_prefix: str | None = None,
+    ) -> Iterator[Recorded]:
+        """Events with after < seq <= until (default: the last seq now), in seq order."""
+        where, params = "", list[object]()
+        if kinds is not None:
+            kinds = list(kinds)
+            if not kinds:
+                return
+            where += f" AND kind IN ({', '.join('?' * len(kinds))})"
+            params += kinds
+        if stream_prefix:
+            where += " AND substr(stream, 1, ?) = ?"
+            params += [len(stream_prefix), stream_prefix]
+        sql = ("SELECT seq, at, kind, body, v FROM events WHERE seq > ? AND seq <= ?"
+               f"{where} ORDER BY seq LIMIT ?")
+        left = -1 if limit is None else limit
+        if left == 0:
+            return
+        path = self.path
+        for lo, top in self._windows(after, until):
+            rows = self._query(sql, (lo, top, *params, left))
+            for seq, at, kind, body, v in rows:
+                yield _decode(path, seq, at, kind, body, v)
+            left -= len(rows)
+            if left == 0:
+                return
+
+    def read_raw(self, after: int = 0, until: int | None = None) -> Iterator[RawRow]:
+        """Undecoded rows (seq, at, kind, stream, v, body) for folds that decode lazily."""
+        sql = "SELECT seq, at, kind, stream, v, body FROM events WHERE seq > ? AND seq <= ?"
+        for lo, top in self._windows(after, until):
+            yield from self._query(sql, (lo, top))
+
+    def load_snapshot(self, name: str) -> tuple[int, int, bytes] | None:
+        """(seq, version, blob) of the snapshot called `name`, or None."""
+        rows = self._query("SELECT seq, version, blob FROM snapshots WHERE name = ?", (name,))
+        return None if not rows else (int(rows[0][0]), int(rows[0][1]), bytes(rows[0][2]))
+
+    def data_version(self) -> int:
+        """Changes whenever another connection commits: a cheap probe before polling."""
+        return int(self._query("PRAGMA data_version", ())[0][0])
+
+    def _windows(self, after: int, until: int | None) -> Iterator[tuple[int, int]]:
+        """Seq windows of CHUNK rows up to `until` or the last seq now: one statement each."""
+        last = self.last_seq()
+        hi = last if until is None else min(until, last)
+        lo = max(after, 0)
+        while lo < hi:
+            top = min(lo + CHUNK, hi)
+            yield lo, top
+            lo = top
+
+    def _query(self, sql: str, params: Sequence[object]) -> list[Any]:
+        try:
+            return self._live().execute(sql, params).fetchall()
+        except sqlite3.DatabaseError as e:
+            raise self._wrap(e) from None
+
+    # ------------------------------------------------------------ plumbing
+
+    def close(self) -> None:
+        """Close the connection and release the writer lock (idempotent)."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _live(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise LogError(self.path, "log is closed")
+        return self._conn
+
+    def _wrap(self, e: sqlite3.DatabaseError) -> LogError:
+        """A SQLite error as a log error naming the file (corruption reports the last good seq)."""
+        msg = str(e)
+        if isinstance(e, sqlite3.OperationalError) and ("locked" in msg or "busy" in msg):
+            return LogLocked(self.path, f"{msg} (after waiting {BUSY_TIMEOUT_MS} ms)")
+        if "malformed" in msg or "not a database" in msg or not isinstance(
+                e, (sqlite3.IntegrityError, sqlite3.OperationalError)):
+            return CorruptLog(self.path, f"corrupt: {msg}", scan_last_good(self._live()))
+        return LogError(self.path, msg)
+
+
+def _connect(path: str, readonly: bool) -> sqlite3.Connection:
+    uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + ("?mode=ro" if readonly else "")
+    try:
+        conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    except sqlite3.Error as e:
+        raise LogError(path, f"cannot open: {e}") from None
+    return conn
+
+
+def _validate(conn: sqlite3.Connection, path: str) -> int:
+    """Check that `conn` holds a reflowes log this version can read; returns its last seq."""
+    if os.path.getsize(path) == 0:
+        raise NotALog(path, "empty file, not a reflowes event log")
+    try:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    except sqlite3.DatabaseError as e:
+        if "not a database" in str(e) or "encrypted" in str(e):
+            raise NotALog(path, "not an SQLite database, so not a reflowes event log") from None
+        raise CorruptLog(path, f"corrupt: {e}", None) from None
+    if not {"meta", "events"} <= tables:
+        raise NotALog(path, "an SQLite database, but not a reflowes event log (no meta/events)")
+    try:
+        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+    except sqlite3.DatabaseError as e:
+        raise CorruptLog(path, f"corrupt meta table: {e}", scan_last_good(conn)) from None
+    if meta.get("format") != FORMAT:
+        raise NotALog(path, f"an SQLite database, but its format is {meta.get('format')!r}, "
+                      f"not {FORMAT!r}")
+    try:
+        version = int(meta.get("schema_version", ""))
+    except ValueError:
+        raise NotALog(path, f"bad schema version {meta.get('schema_version')!r}") from None
+    if version > SCHEMA_VERSION:
+        raise NewerSchema(path, version, SCHEMA_VERSION)
+    try:
+        _check_size(conn, path)
+        last = conn.execute("SELECT max(seq) FROM events").fetchone()[0] or 0
+        conn.execute("SELECT length(body) FROM events WHERE seq = ?", (last,)).fetchall()
+    except sqlite3.DatabaseError as e:
+        raise CorruptLog(path, f"corrupt: {e}", scan_last_good(conn)) from None
+    return int(last)
+
+
+def _check_size(conn: sqlite3.Connection, path: str) -> None:
+    """Catch a truncated file early: with no WAL pending, every page must be in the file."""
+    wal = path + "-wal"
+    if os.path.exists(wal) and os.path.getsize(wal) > 0:
+        return
+    pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    size = conn.execute("PRAGMA page_size").fetchone()[0]
+    actual = os.path.getsize(path)
+    if pages * size > actual:
+        raise CorruptLog(path, f"truncated: {actual} bytes on disk, {pages * size} expected",
+                         scan_last_good(conn))
+
+
+def _integrity(conn: sqlite3.Connection, path: str, pragma: str) -> None:
+    try:
+        problems = [r[0] for r in conn.execute(f"PRAGMA {pragma}").fetchall()]
+    except sqlite3.DatabaseError as e:
+        problems = [str(e)]
+    if problems != ["ok"]:
+        more = f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise CorruptLog(path, f"fails {pragma}: {'; '.join(problems[:3])}{more}",
+                         scan_last_good(conn))
+
+
+def check(path: str | os.PathLike[str]) -> int:
+    """Run SQLite's integrity_check on a log; returns its last seq or raises CorruptLog."""
+    with SqliteLog.open(path, readonly=True) as log:
+        _integrity(log._live(), log.path, "integrity_check")
+        return log.last_seq()
+
+
+def follow(path: str | os.PathLike[str], after: int = 0, poll: float = 0.02,
+           stop: Callable[[], bool] | None = None) -> Iterator[Recorded]:
+    """Tail a log another process appends to: every event after `after`, once, in order.
+
+    Waits for the file to appear. Ends when `stop()` turns true, after a last drain.
+    """
+    p = os.fspath(path)
+    while not os.path.exists(p):
+        if stop is not None and stop():
+            return
+        time.sleep(poll)
+    with SqliteLog.open(p, readonly=True) as log:
+        last, seen = after, -1
+        while True:
+            stopping = stop is not None and stop()
+            version = log.data_version()
+            if version != seen or stopping:
+                seen = version
+                while True:
+                    n = 0
+                    for rec in log.read(last, limit=1000):
+                        last, n = rec.seq, n + 1
+                        yield rec
+                    if n < 1000:
+                        break
+            if stopping:
+                return
+            time.sleep(poll)
