@@ -2,3 +2,27 @@
 
 This module holds only the program API (`import reflowes as rf`).
 """
+
+from reflowes.engine.graph import (
+    DIR,
+    FILE,
+    ExecNode,
+    FileNode,
+    GraphError,
+    OutputRef,
+    dir,
+    exec,
+    file,
+)
+
+__all__ = [
+    "DIR",
+    "FILE",
+    "ExecNode",
+    "FileNode",
+    "GraphError",
+    "OutputRef",
+    "dir",
+    "exec",
+    "file",
+]
