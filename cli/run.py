@@ -1,0 +1,123 @@
+"""`reflowes run`: run every row of a CSV, resumably, with live progress and a summary."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from reflowes.engine.batchplan import BatchOptions
+from reflowes.engine.layout import BatchLayout, default_repo
+from reflowes.engine.shell import Progress, drive
+from reflowes.events.errors import ReflowesError
+
+
+def _line(p: Progress) -> str:
+    return (
+        f"runs {p.finished}/{p.runs_total} (done {p.runs_done + p.runs_skipped}, "
+        f"running {p.runs_running}, failed {p.runs_failed}) | steps run {p.steps_run}, "
+        f"cached {p.steps_cached}, executing {p.execs_running} | {p.elapsed:.1f}s"
+    )
+
+
+class _Display:
+    """A rich progress bar on a terminal; a plain line every few seconds otherwise."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.tty = sys.stdout.isatty() and not quiet
+        self.bar: Any = None
+        self.last_plain = 0.0
+
+    def __enter__(self) -> _Display:
+        if self.tty:
+            from rich.progress import BarColumn, Progress as Bar, TextColumn, TimeElapsedColumn
+
+            self.bar = Bar(TextColumn("[bold]runs"), BarColumn(), TextColumn("{task.description}"),
+                           TimeElapsedColumn(), transient=True)
+            self.bar.start()
+            self.task = self.bar.add_task("", total=None)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+    def __call__(self, p: Progress) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, total=p.runs_total or None, completed=p.finished,
+                            description=_line(p))
+        elif not self.quiet and p.elapsed - self.last_plain >= 5.0:
+            self.last_plain = p.elapsed
+            click.echo(_line(p), err=True)
+
+
+def _summary(p: Progress, layout: BatchLayout, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps({
+            "runs": p.runs_total, "done": p.runs_done, "unchanged": p.runs_skipped,
+            "failed": p.runs_failed, "steps_run": p.steps_run, "steps_cached": p.steps_cached,
+            "elapsed": round(p.elapsed, 3), "results": str(layout.results),
+            "failures": [{"run": r, "error": e} for r, e in p.failures],
+        }))
+        return
+    click.echo(
+        f"{p.runs_total} runs: {p.runs_done} done, {p.runs_skipped} already done, "
+        f"{p.runs_failed} failed; {p.steps_run} steps run, {p.steps_cached} cached; "
+        f"{p.elapsed:.1f}s"
+    )
+    for run_id, error in p.failures[:20]:
+        click.echo(f"  failed {run_id}: {error}")
+    if len(p.failures) > 20:
+        click.echo(f"  ... and {len(p.failures) - 20} more (reflowes status {layout.csv})")
+    click.echo(f"results: {layout.results}")
+
+
+@click.command("run")
+@click.argument("csv", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--program", "-p", type=click.Path(dir_okay=False, path_type=Path),
+              help="The program file (its main() is called once per row); default: the CSV's "
+                   "'program' column.")
+@click.option("--id-column", help="Column holding the run id (default: 'id', else the first).")
+@click.option("--parallel", default=50, show_default=True, type=click.IntRange(1),
+              help="How many runs evaluate at once.")
+@click.option("--reset", is_flag=True, help="Forget this batch's state and start over "
+                                            "(the shared cache is kept).")
+@click.option("--repo", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Repository and cache directory [default: $REFLOWES_HOME or "
+                   "~/.cache/reflowes].")
+@click.option("--quiet", "-q", is_flag=True, help="No progress output, only the summary.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def run(csv: Path, program: Path | None, id_column: str | None, parallel: int, reset: bool,
+        repo: Path | None, quiet: bool, as_json: bool) -> None:
+    """Run the program once per row of CSV; running it again resumes.
+
+    State lives beside the CSV (samples.csv -> samples.reflowes/): the event log, step logs
+    and results/<run id>/. Done runs stay done, cached steps do not run again, added rows
+    run, changed rows run again. Exits 1 if any run failed.
+
+    \b
+    Example:
+      reflowes run examples/reads/samples.csv
+      reflowes run samples.csv --program pipeline.py --parallel 8
+    """
+    opts = BatchOptions(csv=csv, program=program, id_column=id_column, parallel=parallel,
+                        reset=reset, repo=repo or default_repo())
+    layout = BatchLayout.for_csv(csv)
+    # SIGTERM stops as cleanly as Ctrl-C: the log is consistent and a rerun resumes.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        with _Display(quiet or as_json) as display:
+            progress = drive(opts, on_progress=display)
+    except KeyboardInterrupt:
+        click.echo("interrupted: run the same command again to resume", err=True)
+        sys.exit(130)
+    except ReflowesError as e:
+        raise click.ClickException(str(e)) from None
+    _summary(progress, layout, as_json)
+    if progress.runs_failed or progress.finished < progress.runs_total:
+        sys.exit(1)

@@ -1,0 +1,328 @@
+"""The imperative shell around the pure core: facts in, decisions out, write-ahead.
+
+`drive` records every fact together with the decisions the core made from it in one
+transaction, and only then performs those decisions (idempotently, keyed by deterministic ids).
+After a crash it replays the log into the core and re-performs decisions that lack an outcome.
+Knows nothing of terminals: progress goes to a callback.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import attrs
+
+from reflowes.engine import core
+from reflowes.engine.batchplan import BatchOptions, plan_runs
+from reflowes.engine.cache import Cache
+from reflowes.engine.errors import UserError
+from reflowes.engine.evaluator import Evaluator, RunSpec
+from reflowes.engine.executor import Executor, Pool
+from reflowes.engine.layout import BatchLayout
+from reflowes.engine.local import LocalExecutor, LocalPool
+from reflowes.engine.recovery import WorldView
+from reflowes.engine.repository import Repository
+from reflowes.events.log import SqliteLog
+from reflowes.events.model import (
+    AllocReleased, AllocRequested, BatchOpened, Event, ExecExited, RunFinished,
+    SchedulerConfigured, TaskAssigned, TaskFinished, Tick,
+)
+
+
+@attrs.define
+class Progress:
+    """Counters for the live display and the closing summary."""
+
+    runs_total: int = 0
+    runs_done: int = 0
+    runs_failed: int = 0
+    runs_skipped: int = 0
+    runs_running: int = 0
+    steps_run: int = 0
+    steps_cached: int = 0
+    steps_failed: int = 0
+    execs_running: int = 0
+    started: float = attrs.field(factory=time.monotonic)
+    failures: list[tuple[str, str]] = attrs.Factory(list)
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    @property
+    def finished(self) -> int:
+        return self.runs_done + self.runs_failed + self.runs_skipped
+
+
+class BatchLocked(UserError):
+    """Another `reflowes run` holds this batch."""
+
+
+class Shell:
+    """One invocation of a batch: owns the log's only write connection."""
+
+    def __init__(self, opts: BatchOptions, on_progress: Callable[[Progress], None] | None = None):
+        self.opts = opts
+        self.layout = BatchLayout.for_csv(opts.csv)
+        self.on_progress = on_progress or (lambda p: None)
+        self.progress = Progress()
+        self._last_report = 0.0
+
+    # ------------------------------------------------------------ setup
+
+    def _lock(self) -> None:
+        self.layout.state_dir.mkdir(parents=True, exist_ok=True)
+        self._lockf = open(self.layout.state_dir / "lock", "a+")
+        try:
+            fcntl.flock(self._lockf, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lockf.seek(0)
+            pid = self._lockf.read().strip() or "?"
+            raise BatchLocked(
+                f"{self.layout.state_dir}: batch is being run by another reflowes (pid {pid})"
+            ) from None
+        self._lockf.seek(0)
+        self._lockf.truncate()
+        self._lockf.write(str(os.getpid()))
+        self._lockf.flush()
+
+    def run(self) -> Progress:
+        """Run the batch to the end (or until interrupted); returns the counters."""
+        specs = plan_runs(self.opts)  # every user error surfaces here, before anything runs
+        if self.opts.reset and self.layout.state_dir.exists():
+            self._lock()
+            for p in (self.layout.log, self.layout.execs, self.layout.results):
+                if p.is_dir():
+                    shutil.rmtree(p)
+                elif p.exists():
+                    p.unlink()
+            for suffix in ("-wal", "-shm"):
+                Path(str(self.layout.log) + suffix).unlink(missing_ok=True)
+        else:
+            self._lock()
+        repo_root = Path(self.opts.repo)
+        self.repo = Repository(repo_root)
+        self.cache = Cache(repo_root)
+        self.log = SqliteLog.open(self.layout.log)
+        self.pool: Pool = LocalPool()
+        self.local: Executor = LocalExecutor(self.repo, self.layout.execs)
+        self.docker: Executor | None = None
+        self.evaluator = Evaluator(self.repo, self.cache, self.layout.results)
+        self.state = core.initial()
+        try:
+            return self._drive(specs)
+        finally:
+            self.local.close()
+            if self.docker is not None:
+                self.docker.close()
+            self.evaluator.flush_cache()
+            self.log.close()
+
+    # ------------------------------------------------------------ recording
+
+    def record(self, facts: list[Event]) -> list[Event]:
+        """Step the core over the facts, append facts and decisions in one transaction,
+        and return the decisions (to perform after the commit)."""
+        batch: list[Event] = []
+        decisions: list[Event] = []
+        for ev in facts:
+            self.state, made = core.step(self.state, ev, self._now)
+            batch.append(ev)
+            self.world.apply(ev)
+            for d in made:
+                batch.append(d)
+                self.world.apply(d)
+            decisions.extend(made)
+        self.log.append(batch, at=self._now)
+        return decisions
+
+    def flush(self, facts: list[Event]) -> None:
+        """Record facts, perform the decisions, and repeat with the facts that produced."""
+        while facts:
+            self._now = time.time()
+            decisions = self.record(facts)
+            facts = []
+            for ev in self._recorded_outcomes:
+                self._count(ev)
+            self._recorded_outcomes = []
+            for d in decisions:
+                facts += self.perform(d)
+            self.evaluator.flush_cache()
+
+    def perform(self, d: Event) -> list[Event]:
+        """Carry out one recorded decision; returns the facts it produced."""
+        if isinstance(d, TaskAssigned):
+            spec = self.evaluator.spec(d.task_id, d.alloc_id, d.exec_id, d.resources)
+            if spec is None:
+                self._deferred.append(d)
+                return []
+            return self._executor_for(spec.image).put(spec)
+        if isinstance(d, AllocRequested):
+            self.pool.request(d.request_id, d.resources, d.minimum)
+            return []
+        if isinstance(d, AllocReleased):
+            self.pool.release(d.alloc_id)
+            return []
+        if isinstance(d, TaskFinished):
+            if not d.ok:
+                self.progress.steps_failed += 1
+            events = self.evaluator.finished(d)
+            self._recorded_outcomes.extend(e for e in events if isinstance(e, RunFinished))
+            return events
+        return []
+
+    def _executor_for(self, image: str | None) -> Executor:
+        if image is None:
+            return self.local
+        if self.docker is None:
+            from reflowes.engine.docker import DockerExecutor
+
+            self.docker = DockerExecutor(self.repo, self.layout.execs,
+                                         batch_id=self._batch_id())
+        return self.docker
+
+    def _batch_id(self) -> str:
+        import hashlib
+
+        return hashlib.sha256(str(self.layout.state_dir).encode()).hexdigest()[:12]
+
+    def _count(self, ev: Event) -> None:
+        if isinstance(ev, RunFinished):
+            self.progress.steps_run += ev.steps_run
+            self.progress.steps_cached += ev.steps_cached
+            if ev.ok:
+                self.progress.runs_done += 1
+            else:
+                self.progress.runs_failed += 1
+                self.progress.failures.append((ev.run_id, ev.error or "failed"))
+
+    # ------------------------------------------------------------ the loop
+
+    def _drive(self, specs: list[RunSpec]) -> Progress:
+        self._now = time.time()
+        self._deferred: list[TaskAssigned] = []
+        self._recorded_outcomes: list[Event] = []
+        last_invocation = 0
+        self.world = WorldView()
+        for rec in self.log.read():
+            self.state, _ = core.step(self.state, rec.event, rec.at)
+            self.evaluator.restore(rec)
+            self.world.apply(rec.event)
+            if isinstance(rec.event, BatchOpened):
+                last_invocation = rec.event.invocation
+        todo = [s for s in specs if self.evaluator.needs_run(s)]
+        self.progress.runs_total = len(specs)
+        self.progress.runs_skipped = len(specs) - len(todo)
+        # Runs that were mid-evaluation go first: their tasks are already in the core.
+        todo.sort(key=lambda s: (self.evaluator.memo.get(s.run_id) is None, s.row))
+        priority = {s.run_id: i for i, s in enumerate(specs)}
+
+        self.flush([
+            BatchOpened(csv=str(self.layout.csv), program=str(self.opts.program or ""),
+                        invocation=last_invocation + 1, pid=os.getpid()),
+            SchedulerConfigured(max_alloc=self.pool.capacity()),
+        ])
+        recovered = self._recover()
+        queue = list(reversed(todo))
+        started = self._start_runs(queue, priority)
+        self.flush(started + recovered)
+        self._retry_deferred()
+
+        while queue or self.evaluator.running_runs():
+            facts = self._start_runs(queue, priority)
+            timeout = 0.2
+            dl = core.deadline(self.state)
+            now = time.time()
+            if dl is not None:
+                timeout = max(0.0, min(timeout, dl - now))
+            facts += self._poll(timeout)
+            facts += self.pool.poll()
+            dl = core.deadline(self.state)
+            if dl is not None and time.time() >= dl:
+                facts.append(Tick())
+            self.flush(facts)
+            self._retry_deferred()
+            self._report()
+            if not facts and not queue and self._stalled():
+                break
+        self._finish_deferred()
+        self._report(force=True)
+        return self.progress
+
+    def _start_runs(self, queue: list[RunSpec], priority: dict[str, int]) -> list[Event]:
+        out: list[Event] = []
+        while queue and self.evaluator.running_runs() < self.opts.parallel:
+            spec = queue.pop()
+            events = self.evaluator.start(spec, priority[spec.run_id])
+            out += events
+            self._recorded_outcomes.extend(e for e in events if isinstance(e, RunFinished))
+        return out
+
+    def _poll(self, timeout: float) -> list[Event]:
+        facts: list[Event] = []
+        if self.docker is not None and self.docker.running():
+            facts += self.docker.poll(0 if self.local.running() else timeout)
+            timeout = 0 if facts else min(timeout, 0.05)
+        facts += self.local.poll(timeout)
+        return facts
+
+    def _recover(self) -> list[Event]:
+        """Reconcile the world with what the log says: allocs, requests, execs in flight."""
+        facts = list(self.pool.restore(dict(self.world.allocs)))
+        for req in self.world.requests.values():
+            self.pool.request(req.request_id, req.resources, req.minimum)
+        for exec_id, assigned in self.world.open.items():
+            created = self.world.created.get(exec_id)
+            if created is not None:
+                ex = self.local if created.executor == "local" else self._executor_for("docker")
+                facts += ex.recover(exec_id, assigned.task_id, created.handle)
+            else:  # decided but never performed: perform it now (put is idempotent)
+                self._deferred.append(assigned)
+        return facts
+
+    def _retry_deferred(self) -> None:
+        if not self._deferred:
+            return
+        pending, self._deferred = self._deferred, []
+        facts: list[Event] = []
+        for d in pending:
+            facts += self.perform(d)
+        self.flush(facts)
+
+    def _finish_deferred(self) -> None:
+        """Assigned attempts no run needs anymore (rows removed): end them as failed."""
+        facts: list[Event] = [
+            ExecExited(exec_id=d.exec_id, task_id=d.task_id, exit_code=-1,
+                       error="no run of this batch needs this step anymore")
+            for d in self._deferred
+        ]
+        self._deferred = []
+        self.flush(facts)
+
+    def _stalled(self) -> bool:
+        """Nothing runs, nothing can: the loop would spin forever."""
+        busy = self.local.running() or (self.docker is not None and self.docker.running())
+        return not busy and core.deadline(self.state) is None and not self._waiting_on_pool()
+
+    def _waiting_on_pool(self) -> bool:
+        return bool(self.world.requests)
+
+    def _report(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self._last_report > 0.2:
+            self._last_report = now
+            self.progress.runs_running = self.evaluator.running_runs()
+            self.progress.execs_running = self.local.running() + (
+                self.docker.running() if self.docker is not None else 0)
+            self.on_progress(self.progress)
+
+
+def drive(opts: BatchOptions, on_progress: Callable[[Progress], None] | None = None) -> Progress:
+    """Run a batch: the entry point of `reflowes run`."""
+    return Shell(opts, on_progress).run()
+
