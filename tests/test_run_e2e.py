@@ -1,0 +1,205 @@
+"""`reflowes run`, `status` and `logs` end to end, through the real CLI on real files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from reflowes.events.log import SqliteLog
+
+PROGRAM = textwrap.dedent('''
+    import reflowes as rf
+
+    def main(sample: str, n: int, word: str = "x"):
+        made = rf.exec("seq {n} > {out}", inputs={"n": n}, outputs={"out": rf.FILE}, name="make")
+        shared = rf.exec("echo shared > {out}", outputs={"out": rf.FILE}, name="shared")
+        tagged = rf.exec(
+            "cat {src} {common} > {out}; printf '%s\\n' {word} >> {out}",
+            inputs={"src": made["out"], "common": shared["out"], "word": word},
+            outputs={"out": rf.FILE}, name="tag",
+        )
+        return {"tagged": tagged["out"]}
+''')
+
+
+def reflowes(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "reflowes.cli.main", *args], cwd=cwd, env=env,
+        capture_output=True, text=True, timeout=120,
+    )
+
+
+@pytest.fixture
+def batch(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    (tmp_path / "prog.py").write_text(PROGRAM)
+    (tmp_path / "b.csv").write_text("sample,n,word\ns1,3,alpha\ns2,5,beta\ns3,2,gamma\n")
+    env = dict(os.environ, REFLOWES_HOME=str(tmp_path / "home"))
+    return tmp_path, env
+
+
+def kinds(log: Path, kind: str) -> list:
+    with SqliteLog.open(log, readonly=True) as lg:
+        return [r.event for r in lg.read(kinds=[kind])]
+
+
+def test_runs_every_row_then_resumes_without_rerunning(batch):
+    d, env = batch
+    r = reflowes("run", "b.csv", "--program", "prog.py", cwd=d, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = (d / "b.reflowes/results/s2/tagged").read_text()
+    assert out == "1\n2\n3\n4\n5\nshared\nbeta\n"
+    log = d / "b.reflowes/log.sqlite"
+    # the shared step ran once for three runs (single-flight + cache)
+    submitted = kinds(log, "task.submitted")
+    assert sorted(e.ident for e in submitted).count("shared") == 1
+    assert len(kinds(log, "exec.created")) == 7
+    r2 = reflowes("run", "b.csv", "--program", "prog.py", "--json", cwd=d, env=env)
+    assert r2.returncode == 0, r2.stderr
+    summary = json.loads(r2.stdout)
+    assert summary["unchanged"] == 3 and summary["steps_run"] == 0
+    assert len(kinds(log, "exec.created")) == 7
+
+
+def test_added_and_changed_rows_run_again(batch):
+    d, env = batch
+    assert reflowes("run", "b.csv", "-p", "prog.py", cwd=d, env=env).returncode == 0
+    (d / "b.csv").write_text("sample,n,word\ns1,3,alpha\ns2,5,BETA\ns3,2,gamma\ns4,1,delta\n")
+    r = reflowes("run", "b.csv", "-p", "prog.py", "--json", cwd=d, env=env)
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout)
+    assert summary["unchanged"] == 2 and summary["done"] == 2
+    assert (d / "b.reflowes/results/s2/tagged").read_text().endswith("BETA\n")
+    assert (d / "b.reflowes/results/s4/tagged").read_text() == "1\nshared\ndelta\n"
+    # s2's first two steps were cached: only its "tag" step and s4's "make" and "tag" ran
+    assert summary["steps_run"] == 3
+
+
+def test_hostile_scalar_is_just_a_value(batch):
+    d, env = batch
+    (d / "b.csv").write_text('sample,n,word\ns1,2,"a b;rm -rf x $(touch pwned)"\n')
+    r = reflowes("run", "b.csv", "-p", "prog.py", cwd=d, env=env)
+    assert r.returncode == 0, r.stderr
+    text = (d / "b.reflowes/results/s1/tagged").read_text()
+    assert text.endswith("a b;rm -rf x $(touch pwned)\n")
+    assert not list(d.rglob("pwned"))
+
+
+def test_failing_step_fails_its_run_with_stderr_tail_and_rerun_retries(batch):
+    d, env = batch
+    (d / "bad.py").write_text(textwrap.dedent('''
+        import reflowes as rf
+        def main(sample: str, n: int, word: str):
+            return {"o": rf.exec("echo boom-{n} >&2; exit 3", inputs={"n": n},
+                                 outputs={"out": rf.FILE}, name="fail")["out"]}
+    ''').replace('"echo boom-{n} >&2; exit 3"', '"echo boom-{n} >&2; exit 3; : {out}"'))
+    r = reflowes("run", "b.csv", "-p", "bad.py", cwd=d, env=env)
+    assert r.returncode == 1
+    assert "boom-3" in r.stdout and "exit" in r.stdout
+    r = reflowes("status", "b.csv", "--json", cwd=d, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "boom-5" in r.stdout
+    before = len(kinds(d / "b.reflowes/log.sqlite", "exec.created"))
+    r = reflowes("run", "b.csv", "-p", "bad.py", cwd=d, env=env)
+    assert r.returncode == 1
+    assert len(kinds(d / "b.reflowes/log.sqlite", "exec.created")) == before + 3
+
+
+def test_missing_output_and_missing_input_are_clear(batch):
+    d, env = batch
+    (d / "p2.py").write_text(textwrap.dedent('''
+        import reflowes as rf
+        def main(sample: str, n: int, word: str):
+            if sample == "s1":
+                return {"o": rf.exec("true {out}", outputs={"out": rf.FILE}, name="lazy")["out"]}
+            return {"o": rf.file("nowhere-" + sample + ".txt")}
+    ''').replace('"true {out}"', '": {out}"'))
+    r = reflowes("run", "b.csv", "-p", "p2.py", cwd=d, env=env)
+    assert r.returncode == 1
+    assert "no declared output" in r.stdout and "'out'" in r.stdout
+    assert "nowhere-s2.txt" in r.stdout
+    assert "Traceback" not in r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("content,needle", [
+    ("", "empty"),
+    ("sample,n,word\ns1,3,a\ns1,4,b\n", "duplicate"),
+    ("sample,n,word\ns1,3\n", "row 2"),
+    ("sample,n,word,colour\ns1,3,a,red\n", "colour"),
+    ("sample,n,word\ns1,three,a\n", "three"),
+])
+def test_bad_sheet_is_one_clear_line_and_keeps_what_was_done(batch, content, needle):
+    d, env = batch
+    assert reflowes("run", "b.csv", "-p", "prog.py", cwd=d, env=env).returncode == 0
+    log = d / "b.reflowes/log.sqlite"
+    n_before = len(kinds(log, "run.finished"))
+    (d / "b.csv").write_text(content)
+    r = reflowes("run", "b.csv", "-p", "prog.py", cwd=d, env=env)
+    assert r.returncode != 0
+    assert needle in r.stderr and "b.csv" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert len(kinds(log, "run.finished")) == n_before
+    assert (d / "b.reflowes/results/s1/tagged").exists()
+
+
+@pytest.mark.parametrize("program,needle", [
+    ("missing.py", "missing.py"),
+    ("nomain.py", "main"),
+])
+def test_bad_program_is_clear(batch, program, needle):
+    d, env = batch
+    (d / "nomain.py").write_text("x = 1\n")
+    r = reflowes("run", "b.csv", "-p", program, cwd=d, env=env)
+    assert r.returncode != 0 and needle in r.stderr and "Traceback" not in r.stderr
+
+
+def test_main_raising_fails_only_that_run(batch):
+    d, env = batch
+    (d / "raiser.py").write_text(textwrap.dedent('''
+        import reflowes as rf
+        def main(sample: str, n: int, word: str):
+            if n == 5:
+                raise ValueError("five is not allowed")
+            return {"o": rf.exec("seq {n} > {out}", inputs={"n": n}, outputs={"out": rf.FILE})["out"]}
+    '''))
+    r = reflowes("run", "b.csv", "-p", "raiser.py", "--json", cwd=d, env=env)
+    assert r.returncode == 1
+    summary = json.loads(r.stdout)
+    assert summary["done"] == 2 and summary["failed"] == 1
+    assert "five is not allowed" in summary["failures"][0]["error"]
+
+
+def test_logs_lists_steps_and_prints_output(batch):
+    d, env = batch
+    assert reflowes("run", "b.csv", "-p", "prog.py", cwd=d, env=env).returncode == 0
+    r = reflowes("logs", "b.csv", "s1", cwd=d, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "make" in r.stdout and "tag" in r.stdout
+    (d / "noisy.py").write_text(textwrap.dedent('''
+        import reflowes as rf
+        def main(sample: str, n: int, word: str):
+            return {"o": rf.exec("echo to-out-{n}; echo to-err-{n} >&2; echo x > {out}",
+                                 inputs={"n": n}, outputs={"out": rf.FILE}, name="noisy")["out"]}
+    '''))
+    (d / "c.csv").write_text("sample,n,word\nq1,7,a\n")
+    assert reflowes("run", "c.csv", "-p", "noisy.py", cwd=d, env=env).returncode == 0
+    r = reflowes("logs", "c.csv", "q1", "noisy", cwd=d, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "to-out-7" in r.stdout and "to-err-7" in r.stdout
+    r = reflowes("logs", "c.csv", "nope", cwd=d, env=env)
+    assert r.returncode != 0 and "nope" in r.stderr
+
+
+def test_reset_starts_over_but_keeps_the_cache(batch):
+    d, env = batch
+    assert reflowes("run", "b.csv", "-p", "prog.py", cwd=d, env=env).returncode == 0
+    r = reflowes("run", "b.csv", "-p", "prog.py", "--reset", "--json", cwd=d, env=env)
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout)
+    assert summary["done"] == 3 and summary["steps_run"] == 0 and summary["steps_cached"] == 9
+    assert (d / "b.reflowes/results/s3/tagged").exists()
