@@ -1,0 +1,212 @@
+"""Persistent indexes of the scheduler core: a sorted index, per-shape FIFO buckets, bin packing.
+
+Every update returns a new value and shares the rest with the old one, so a core state is never
+copied whole. Imports only stdlib (bisect, math), attrs, immutables and reflowes.events.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_left
+from collections.abc import Iterator
+from typing import Any
+
+import attrs
+import immutables
+from reflowes.events.resources import Resources
+
+_LOAD = 64  # chunk length of SortedIndex: an update copies one chunk and the chunk directory
+
+BucketKey = tuple[int, float, int, int, int]  # (priority, cpu, mem, disk, gpu)
+
+
+class SortedIndex:
+    """An immutable sorted sequence of unique comparable items, kept in chunks of ~_LOAD.
+
+    add/remove copy one chunk and the directory of chunks (pointer copies at C speed), never
+    the whole sequence; lookups bisect. The order is total (items are unique tuples), so
+    iteration never depends on hashing.
+    """
+
+    __slots__ = ("_chunks", "_len", "_maxes")
+
+    def __init__(
+        self, chunks: tuple[tuple[Any, ...], ...] = (), maxes: tuple[Any, ...] = (), n: int = 0
+    ) -> None:
+        self._chunks = chunks
+        self._maxes = maxes
+        self._len = n
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __iter__(self) -> Iterator[Any]:
+        for chunk in self._chunks:
+            yield from chunk
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SortedIndex) and list(self) == list(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def first(self) -> Any:
+        """The smallest item, or None."""
+        return self._chunks[0][0] if self._chunks else None
+
+    def __contains__(self, item: Any) -> bool:
+        i = bisect_left(self._maxes, item)
+        if i == len(self._maxes):
+            return False
+        chunk = self._chunks[i]
+        j = bisect_left(chunk, item)
+        return j < len(chunk) and chunk[j] == item
+
+    def add(self, item: Any) -> SortedIndex:
+        """A copy with `item` inserted (it must not be present)."""
+        chunks, maxes = self._chunks, self._maxes
+        if not chunks:
+            return SortedIndex(((item,),), (item,), 1)
+        i = bisect_left(maxes, item)
+        if i == len(maxes):
+            i -= 1
+        chunk = chunks[i]
+        j = bisect_left(chunk, item)
+        new = chunk[:j] + (item,) + chunk[j:]
+        if len(new) > 2 * _LOAD:
+            a, b = new[:_LOAD], new[_LOAD:]
+            chunks = chunks[:i] + (a, b) + chunks[i + 1:]
+            maxes = maxes[:i] + (a[-1], b[-1]) + maxes[i + 1:]
+        else:
+            chunks = chunks[:i] + (new,) + chunks[i + 1:]
+            maxes = maxes[:i] + (new[-1],) + maxes[i + 1:]
+        return SortedIndex(chunks, maxes, self._len + 1)
+
+    def remove(self, item: Any) -> SortedIndex:
+        """A copy without `item` (KeyError if absent)."""
+        chunks, maxes = self._chunks, self._maxes
+        i = bisect_left(maxes, item)
+        if i == len(maxes):
+            raise KeyError(item)
+        chunk = chunks[i]
+        j = bisect_left(chunk, item)
+        if j == len(chunk) or chunk[j] != item:
+            raise KeyError(item)
+        new = chunk[:j] + chunk[j + 1:]
+        if new:
+            chunks = chunks[:i] + (new,) + chunks[i + 1:]
+            maxes = maxes[:i] + (new[-1],) + maxes[i + 1:]
+        else:
+            chunks = chunks[:i] + chunks[i + 1:]
+            maxes = maxes[:i] + maxes[i + 1:]
+        return SortedIndex(chunks, maxes, self._len - 1)
+
+    def irange(self, lo: Any) -> Iterator[Any]:
+        """Items >= lo, in order."""
+        chunks = self._chunks
+        i = bisect_left(self._maxes, lo)
+        if i == len(chunks):
+            return
+        chunk = chunks[i]
+        yield from chunk[bisect_left(chunk, lo):]
+        for k in range(i + 1, len(chunks)):
+            yield from chunks[k]
+
+
+@attrs.frozen
+class Bucket:
+    """Pending tasks of one (priority, shape), first in first out; `covered` of them are
+    expected to be served by outstanding alloc requests."""
+
+    priority: int
+    shape: Resources
+    size: float
+    items: immutables.Map[int, tuple[int, str]]  # position -> (enqueue seq, task id)
+    head: int = 0
+    tail: int = 0
+    covered: int = 0
+
+    def __len__(self) -> int:
+        return self.tail - self.head
+
+    @property
+    def uncovered(self) -> int:
+        return max(0, self.tail - self.head - self.covered)
+
+    def peek(self) -> tuple[int, str]:
+        return self.items[self.head]
+
+    def push(self, seq: int, task_id: str) -> Bucket:
+        return Bucket(self.priority, self.shape, self.size, self.items.set(self.tail, (seq, task_id)),
+                      self.head, self.tail + 1, self.covered)
+
+    def pop(self) -> Bucket:
+        return Bucket(self.priority, self.shape, self.size, self.items.delete(self.head),
+                      self.head + 1, self.tail, self.covered)
+
+    def cover(self, n: int) -> Bucket:
+        return Bucket(self.priority, self.shape, self.size, self.items, self.head, self.tail,
+                      max(0, self.covered + n))
+
+    def task_ids(self) -> list[str]:
+        return [self.items[i][1] for i in range(self.head, self.tail)]
+
+
+def bucket_key(priority: int, r: Resources) -> BucketKey:
+    return (priority, r.cpu, r.mem, r.disk, r.gpu)
+
+
+def new_bucket(priority: int, shape: Resources) -> Bucket:
+    return Bucket(priority, shape, shape.size(), immutables.Map())
+
+
+def fit_count(shape: Resources, room: Resources, limit: int) -> int:
+    """How many copies of `shape` (at most `limit`) fit in `room`, every dimension counted."""
+    n = limit
+    if shape.cpu > 1e-9:
+        n = min(n, math.floor((room.cpu + 1e-9) / shape.cpu))
+    for need, have in ((shape.mem, room.mem), (shape.disk, room.disk), (shape.gpu, room.gpu)):
+        if need > 0:
+            n = min(n, have // need)
+    return max(n, 0)
+
+
+@attrs.frozen
+class Bin:
+    """One alloc's worth of leftovers: what they sum to, the largest of them, and how many of
+    each bucket went in."""
+
+    used: Resources
+    largest: Resources
+    counts: tuple[tuple[BucketKey, int], ...]
+
+
+def pack(
+    leftovers: list[tuple[BucketKey, Resources, int]], capacity: Resources, nbins: int
+) -> list[Bin]:
+    """First-fit decreasing of counted shapes into at most `nbins` bins of `capacity`.
+
+    `leftovers` come in the order to honour (priority, then size descending); filling one bin
+    at a time in that order gives the same bins as classic first-fit decreasing.
+    """
+    left = [n for _, _, n in leftovers]
+    bins: list[Bin] = []
+    while len(bins) < nbins and any(left):
+        room = capacity
+        used = largest = Resources()
+        counts: list[tuple[BucketKey, int]] = []
+        for i, (key, shape, _) in enumerate(leftovers):
+            if not left[i]:
+                continue
+            k = fit_count(shape, room, left[i])
+            if k == 0:
+                continue
+            total = Resources(round(shape.cpu * k, 6), shape.mem * k, shape.disk * k, shape.gpu * k)
+            room = room - total
+            used = used + total
+            largest = largest.max(shape)
+            left[i] -= k
+            counts.append((key, k))
+        if not counts:
+            break  # nothing left fits an empty bin (cannot happen for tasks under max_alloc)
+        bins.append(Bin(used, largest, tuple(counts)))
+    return bins

@@ -1,0 +1,194 @@
+"""The scheduler core's state: frozen records in persistent maps, read-only accessors, view().
+
+Pure values only; imports stdlib typing, attrs, immutables and reflowes.events (no clock, no I/O).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import attrs
+import immutables
+from reflowes.engine.placement import Bucket, BucketKey, SortedIndex
+from reflowes.events.model import FileRef, SchedulerConfigured, TaskState
+from reflowes.events.resources import Resources
+
+
+class ExecSlot(NamedTuple):
+    """An assigned-but-unfinished attempt: what the shell must have running."""
+
+    task_id: str
+    alloc_id: str
+    attempt: int
+    resources: Resources
+
+
+@attrs.frozen
+class AttemptRecord:
+    """One attempt of a task; kept after it ends (lost, OOM, exit 75, done, failed)."""
+
+    attempt: int
+    resources: Resources
+    state: TaskState
+    alloc_id: str | None = None
+    exec_id: str | None = None
+    reason: str | None = None
+    exit_code: int | None = None
+
+
+@attrs.frozen
+class TaskRecord:
+    """A task's current standing plus every attempt; `state` is that of the current attempt."""
+
+    task_id: str
+    run_id: str
+    key: str
+    ident: str
+    priority: int
+    declared: Resources
+    resources: Resources  # of the current attempt (OOM retries raise mem)
+    state: TaskState
+    attempt: int
+    attempts: tuple[AttemptRecord, ...]
+    submitted_at: float
+    lost: int = 0
+    ooms: int = 0
+    temps: int = 0
+    alloc_id: str | None = None
+    exec_id: str | None = None
+    error: str | None = None
+    exit_code: int | None = None
+    result: Mapping[str, FileRef] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class AllocRecord:
+    """A live alloc: what was granted, what is free, which execs it holds, since when idle."""
+
+    alloc_id: str
+    request_id: str
+    resources: Resources
+    free: Resources
+    execs: frozenset[str]
+    granted_at: float
+    idle_since: float | None
+
+
+@attrs.frozen
+class RequestRecord:
+    """An outstanding AllocRequested, and the pending tasks (counts per bucket) it was for."""
+
+    request_id: str
+    resources: Resources
+    minimum: Resources
+    covers: tuple[tuple[BucketKey, int], ...]
+    requested_at: float
+
+
+_EMPTY: immutables.Map[Any, Any] = immutables.Map()
+_NO_ITEMS = SortedIndex()
+_ZERO_COUNTS: immutables.Map[TaskState, int] = immutables.Map({s: 0 for s in TaskState})
+
+
+@attrs.frozen
+class SchedulerState:
+    """Everything the core knows. Replace, never mutate: step() returns a new one."""
+
+    config: SchedulerConfigured | None = None
+    now: float = 0.0
+    tasks: immutables.Map[str, TaskRecord] = _EMPTY
+    allocs: immutables.Map[str, AllocRecord] = _EMPTY
+    gone: immutables.Map[str, str] = _EMPTY  # alloc id -> "released" | "died: <reason>"
+    execs: immutables.Map[str, ExecSlot] = _EMPTY
+    requests: immutables.Map[str, RequestRecord] = _EMPTY
+    buckets: immutables.Map[BucketKey, Bucket] = _EMPTY
+    by_free: SortedIndex = _NO_ITEMS  # (free.size(), alloc id) of live allocs
+    idle: SortedIndex = _NO_ITEMS  # (idle since, alloc id) of live allocs with no exec
+    counts: immutables.Map[TaskState, int] = _ZERO_COUNTS
+    pending: int = 0
+    next_seq: int = 0
+    next_request: int = 1
+    last_submit_at: float | None = None
+
+
+# ------------------------------------------------------------------ accessors for the shell
+
+
+def live_allocs(state: SchedulerState) -> dict[str, Resources]:
+    """Live allocs and their granted resources."""
+    return {a: rec.resources for a, rec in state.allocs.items()}
+
+
+def assigned_execs(state: SchedulerState) -> Mapping[str, ExecSlot]:
+    """exec id -> (task id, alloc id, attempt, resources) for every assigned-but-unfinished exec."""
+    return state.execs
+
+
+def task(state: SchedulerState, task_id: str) -> TaskRecord | None:
+    """A task's record (state, attempt, resources, error, result, attempts), or None."""
+    return state.tasks.get(task_id)
+
+
+def task_counts(state: SchedulerState) -> dict[TaskState, int]:
+    """Number of tasks in each TaskState (the state of their current attempt)."""
+    return dict(state.counts)
+
+
+def outstanding_requests(state: SchedulerState) -> Mapping[str, RequestRecord]:
+    """Alloc requests made and not yet granted."""
+    return state.requests
+
+
+# ------------------------------------------------------------------ canonical view
+
+
+def _res(r: Resources) -> list[float]:
+    return [r.cpu, r.mem, r.disk, r.gpu]
+
+
+def _task_view(t: TaskRecord) -> dict[str, Any]:
+    d = attrs.asdict(t, recurse=False)
+    d.update(
+        declared=_res(t.declared), resources=_res(t.resources), state=str(t.state),
+        result={k: attrs.astuple(v) for k, v in sorted(t.result.items())},
+        attempts=[
+            [a.attempt, _res(a.resources), str(a.state), a.alloc_id, a.exec_id, a.reason,
+             a.exit_code]
+            for a in t.attempts
+        ],
+    )
+    return d
+
+
+def view(state: SchedulerState) -> dict[str, Any]:
+    """A canonical snapshot of the state as plain data: equal states give equal views."""
+    return {
+        "config": None if state.config is None else attrs.asdict(state.config),
+        "now": state.now,
+        "tasks": {k: _task_view(state.tasks[k]) for k in sorted(state.tasks.keys())},
+        "allocs": {
+            k: [a.request_id, _res(a.resources), _res(a.free), sorted(a.execs), a.granted_at,
+                a.idle_since]
+            for k in sorted(state.allocs.keys()) for a in [state.allocs[k]]
+        },
+        "gone": dict(sorted(state.gone.items())),
+        "execs": {
+            k: [s.task_id, s.alloc_id, s.attempt, _res(s.resources)]
+            for k, s in sorted(state.execs.items())
+        },
+        "requests": {
+            k: [_res(r.resources), _res(r.minimum), [list(c) for c in r.covers], r.requested_at]
+            for k, r in sorted(state.requests.items())
+        },
+        "pending": [
+            [list(k), b.covered, b.task_ids()] for k, b in sorted(state.buckets.items())
+        ],
+        "by_free": list(state.by_free),
+        "idle": list(state.idle),
+        "counts": {str(s): n for s, n in sorted(state.counts.items())},
+        "pending_total": state.pending,
+        "next_seq": state.next_seq,
+        "next_request": state.next_request,
+        "last_submit_at": state.last_submit_at,
+    }
