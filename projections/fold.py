@@ -22,6 +22,7 @@ class Projections(msgspec.Struct):
     """Stats, batch state and executor manifests as of `seq` (0: nothing applied)."""
 
     seq: int = 0
+    at: float = 0.0
     stats: stats.StatsState = msgspec.field(default_factory=stats.initial)
     batch: batch.BatchState = msgspec.field(default_factory=batch.initial)
     manifests: manifests.ManifestsState = msgspec.field(default_factory=manifests.initial)
@@ -33,14 +34,14 @@ class Projections(msgspec.Struct):
             parts = (self.stats, self.batch, self.manifests)
             for fn, i in handlers:
                 fn(parts[i], rec.event, rec.at)
-        self.seq = rec.seq
+        self.seq, self.at = rec.seq, rec.at
         return self
 
     def apply_all(self, records: Iterable[Recorded]) -> Projections:
         """Fold many events in order (the hot loop of replay and recovery)."""
         table = _TABLE
         parts = (self.stats, self.batch, self.manifests)
-        seq = self.seq
+        last = None
         for rec in records:
             ev = rec.event
             handlers = table.get(type(ev))
@@ -48,14 +49,16 @@ class Projections(msgspec.Struct):
                 at = rec.at
                 for fn, i in handlers:
                     fn(parts[i], ev, at)
-            seq = rec.seq
-        self.seq = seq
+            last = rec
+        if last is not None:
+            self.seq, self.at = last.seq, last.at
         return self
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form of all three."""
         return {
             "seq": self.seq,
+            "at": self.at,
             "stats": stats.to_dict(self.stats),
             "batch": batch.to_dict(self.batch),
             "manifests": manifests.to_dict(self.manifests),

@@ -1,0 +1,85 @@
+"""`reflowes status`: each run's phase, tries, error and results, plus batch totals."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import click
+from reflowes.cli.common import echo_json, json_option, open_batch, path_argument, print_table
+from reflowes.engine.layout import BatchLayout
+from reflowes.projections.batch import BatchState, RunState
+from reflowes.projections.fold import Projections, fold
+
+
+def _shown(path: Path) -> str:
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:
+        return str(path)
+    return str(path) if rel.startswith("..") else rel
+
+
+def run_results(layout: BatchLayout, run: RunState) -> dict[str, str]:
+    """Each output's path under results/<run id>/."""
+    base = layout.run_results(run.run_id)
+    return {name: str(base / name) for name in sorted(run.result)}
+
+
+def run_dict(layout: BatchLayout, run: RunState) -> dict[str, Any]:
+    """A run for --json: the projection's fields plus its result paths."""
+    return {
+        "id": run.run_id, "phase": run.phase.value, "tries": run.tries, "error": run.error,
+        "results": run_results(layout, run), "program": run.program, "params": run.params,
+        "digest": run.digest, "created": run.created, "last_try": run.last_try,
+        "completed": run.completed, "steps_run": run.steps_run,
+        "steps_cached": run.steps_cached, "resource_minutes": round(run.resource_minutes, 6),
+    }
+
+
+def totals(p: Projections) -> dict[str, Any]:
+    """Batch totals: runs per phase, steps, resource-minutes, allocs, tasks, last seq."""
+    out = p.batch.totals()
+    out.update(allocs=p.stats.total_allocs, tasks=p.stats.total_tasks, seq=p.seq)
+    return out
+
+
+def totals_line(t: dict[str, Any]) -> str:
+    phases = ", ".join(f"{n} {ph}" for ph, n in t["phases"].items() if n)
+    return (f"{t['runs']} runs ({phases or 'none'}); steps {t['steps_run']} run, "
+            f"{t['steps_cached']} cached; {t['resource_minutes']:.2f} cpu-minutes; "
+            f"{t['allocs']} allocs, {t['tasks']} tasks; log at seq {t['seq']}")
+
+
+def print_runs(layout: BatchLayout, batch: BatchState) -> None:
+    """The runs table."""
+    rows = []
+    for run in batch.runs.values():
+        results = " ".join(_shown(Path(p)) for p in run_results(layout, run).values())
+        error = (run.error or "").strip().splitlines()
+        rows.append([run.run_id, run.phase.value, str(run.tries),
+                     error[-1][:80] if error else "", results])
+    print_table(None, ["RUN", "PHASE", "TRIES", "ERROR", "RESULTS"], rows)
+
+
+@click.command()
+@path_argument
+@json_option
+def status(path: Path, as_json: bool) -> None:
+    """Show each run's phase, tries, error and result paths, and the batch's totals.
+
+    PATH is the batch's CSV, its state directory (samples.reflowes/) or its log file.
+    The log is only read: status is safe while `reflowes run` is writing.
+
+    Example: reflowes status samples.csv --json
+    """
+    with open_batch(path) as (layout, log):
+        p = fold(log)
+    t = totals(p)
+    if as_json:
+        echo_json({"batch": str(layout.state_dir),
+                   "runs": [run_dict(layout, r) for r in p.batch.runs.values()], "totals": t})
+        return
+    print_runs(layout, p.batch)
+    click.echo(totals_line(t))
