@@ -94,9 +94,13 @@ class ExecNode:
         return f"<exec {self.name!r} outputs={list(self.outputs)}>"
 
 
-@attrs.frozen(eq=False)
+@attrs.frozen
 class OutputRef:
-    """One declared output of an exec step, usable as another step's input or as a result."""
+    """One declared output of an exec step, usable as another step's input or as a result.
+
+    Equal (and hashed alike) when naming the same output of the same node (nodes compare by
+    identity), so `node["out"] == node["out"]`.
+    """
 
     node: ExecNode
     name: str
