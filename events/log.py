@@ -166,6 +166,11 @@ _TRIGGERS = [
        BEGIN SELECT RAISE(ABORT, 'reflowes event log is append-only: UPDATE refused'); END""",
     """CREATE TRIGGER events_no_delete BEFORE DELETE ON events
        BEGIN SELECT RAISE(ABORT, 'reflowes event log is append-only: DELETE refused'); END""",
+    # Also stops INSERT OR REPLACE (which deletes without firing DELETE triggers) and gaps.
+    """CREATE TRIGGER events_append_only BEFORE INSERT ON events
+       WHEN NEW.seq IS NOT (SELECT coalesce(max(seq), 0) + 1 FROM events)
+       BEGIN SELECT RAISE(ABORT, 'reflowes event log is append-only: seq must be last seq + 1');
+       END""",
 ]
 
 
@@ -232,18 +237,44 @@ def scan_last_good(conn: sqlite3.Connection) -> int:
     last = 0
     try:
         while True:
-            rows = conn.execute(
+            cur = conn.execute(
                 "SELECT seq, length(body), kind FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
                 (last, CHUNK),
-            ).fetchall()
-            for seq, _, _ in rows:
+            )
+            n = 0
+            for seq, _, _ in cur:  # row by row: the rows before a bad page still count
                 if seq != last + 1:
                     return last
-                last = seq
-            if len(rows) < CHUNK:
+                last, n = seq, n + 1
+            if n < CHUNK:
                 return last
     except sqlite3.DatabaseError:
         return last
+
+
+def salvage_last_good(path: str) -> int | None:
+    """The last good seq of a damaged file, read past SQLite's size check (None if unreadable)."""
+    uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro"
+    try:
+        conn = sqlite3.connect(uri, uri=True, isolation_level=None)
+    except sqlite3.Error:
+        return None
+    try:
+        # writable_schema makes SQLite trust the file's size over the header's (truncated files);
+        # nothing is written through this read-only connection.
+        conn.execute("PRAGMA writable_schema = ON")
+        conn.execute("SELECT 1 FROM events LIMIT 1").fetchall()
+        return scan_last_good(conn)
+    except sqlite3.DatabaseError:
+        return None
+    finally:
+        conn.close()
+
+
+def corrupt(path: str, problem: str, conn: sqlite3.Connection | None) -> CorruptLog:
+    """A CorruptLog naming the end of the readable prefix (found through either route)."""
+    good = max(scan_last_good(conn) if conn is not None else 0, salvage_last_good(path) or 0)
+    return CorruptLog(path, f"corrupt ({problem}); events 1..{good} are still readable", good)
 
 
 class SqliteLog:
@@ -434,7 +465,7 @@ class SqliteLog:
             return LogLocked(self.path, f"{msg} (after waiting {BUSY_TIMEOUT_MS} ms)")
         if "malformed" in msg or "not a database" in msg or not isinstance(
                 e, (sqlite3.IntegrityError, sqlite3.OperationalError)):
-            return CorruptLog(self.path, f"corrupt: {msg}", scan_last_good(self._live()))
+            return corrupt(self.path, msg, self._conn)
         return LogError(self.path, msg)
 
 
@@ -457,13 +488,13 @@ def _validate(conn: sqlite3.Connection, path: str) -> int:
     except sqlite3.DatabaseError as e:
         if "not a database" in str(e) or "encrypted" in str(e):
             raise NotALog(path, "not an SQLite database, so not a reflowes event log") from None
-        raise CorruptLog(path, f"corrupt: {e}", None) from None
+        raise corrupt(path, str(e), None) from None
     if not {"meta", "events"} <= tables:
         raise NotALog(path, "an SQLite database, but not a reflowes event log (no meta/events)")
     try:
         meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
     except sqlite3.DatabaseError as e:
-        raise CorruptLog(path, f"corrupt meta table: {e}", scan_last_good(conn)) from None
+        raise corrupt(path, f"meta table: {e}", conn) from None
     if meta.get("format") != FORMAT:
         raise NotALog(path, f"an SQLite database, but its format is {meta.get('format')!r}, "
                       f"not {FORMAT!r}")
@@ -478,7 +509,7 @@ def _validate(conn: sqlite3.Connection, path: str) -> int:
         last = conn.execute("SELECT max(seq) FROM events").fetchone()[0] or 0
         conn.execute("SELECT length(body) FROM events WHERE seq = ?", (last,)).fetchall()
     except sqlite3.DatabaseError as e:
-        raise CorruptLog(path, f"corrupt: {e}", scan_last_good(conn)) from None
+        raise corrupt(path, str(e), conn) from None
     return int(last)
 
 
@@ -491,8 +522,7 @@ def _check_size(conn: sqlite3.Connection, path: str) -> None:
     size = conn.execute("PRAGMA page_size").fetchone()[0]
     actual = os.path.getsize(path)
     if pages * size > actual:
-        raise CorruptLog(path, f"truncated: {actual} bytes on disk, {pages * size} expected",
-                         scan_last_good(conn))
+        raise corrupt(path, f"truncated: {actual} bytes on disk, {pages * size} expected", conn)
 
 
 def _integrity(conn: sqlite3.Connection, path: str, pragma: str) -> None:
@@ -502,8 +532,7 @@ def _integrity(conn: sqlite3.Connection, path: str, pragma: str) -> None:
         problems = [str(e)]
     if problems != ["ok"]:
         more = f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""
-        raise CorruptLog(path, f"fails {pragma}: {'; '.join(problems[:3])}{more}",
-                         scan_last_good(conn))
+        raise corrupt(path, f"fails {pragma}: {'; '.join(problems[:3])}{more}", conn)
 
 
 def check(path: str | os.PathLike[str]) -> int:
