@@ -3,13 +3,27 @@
 from __future__ import annotations
 
 import pytest
-
 from reflowes.engine import core
 from reflowes.engine.check import check
 from reflowes.events.model import (
-    AllocDied, AllocGranted, AllocReleased, AllocRequested, BatchOpened, Event, ExecExited,
-    ExecLost, ExecStarted, Recorded, RunDeclared, SchedulerConfigured, TaskAssigned, TaskFinished,
-    TaskRequeued, TaskState, TaskSubmitted, Tick,
+    AllocDied,
+    AllocGranted,
+    AllocReleased,
+    AllocRequested,
+    BatchOpened,
+    Event,
+    ExecExited,
+    ExecLost,
+    ExecStarted,
+    Recorded,
+    RunDeclared,
+    SchedulerConfigured,
+    TaskAssigned,
+    TaskFinished,
+    TaskRequeued,
+    TaskState,
+    TaskSubmitted,
+    Tick,
 )
 from reflowes.events.resources import GiB, Resources
 
