@@ -20,7 +20,7 @@
 # Knobs [defaults]: DOCKER_SOCK [/var/run/docker.sock] DOCKER_DATA_ROOT [/var/lib/docker]
 #   DOCKER_EXEC_ROOT [/var/run/docker] DOCKER_PIDFILE [/var/run/docker.pid]
 #   DOCKERD_LOG [/var/log/dockerd.log] DOCKERD_FLAGS [--iptables=false --bridge=none]
-#   IMAGE [local/busybox:1] WAIT_TIMEOUT [60] SKIP_APT [0]
+#   IMAGE [local/busybox:1; "none" skips the import] WAIT_TIMEOUT [60] SKIP_APT [0]
 set -euo pipefail
 
 DOCKER_SOCK=${DOCKER_SOCK:-/var/run/docker.sock}
@@ -109,6 +109,7 @@ else
 fi
 
 # -------------------------------------------------------------------- 4. image
+[ "$IMAGE" = none ] && { say "done (no image wanted)"; exit 0; }
 label=$("$DOCKER" image inspect -f '{{index .Config.Labels "reflowes.busybox"}}' "$IMAGE" 2>/dev/null || true)
 if [ "$label" = full ]; then
   say "$IMAGE present"
