@@ -1,0 +1,185 @@
+"""The cache index: step cache key -> result (dict[str, FileRef]) in SQLite at root/cache.sqlite.
+
+Shared by every batch of a user (several processes): WAL, busy_timeout, short transactions.
+Also holds the repository's intern memo. A hit whose objects are gone is a miss.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import msgspec
+
+from reflowes.events.model import FileRef, Result
+
+DB_NAME = "cache.sqlite"
+_BUSY_MS = 10_000
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS cache (
+    key TEXT PRIMARY KEY, result TEXT NOT NULL, created REAL NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS intern_memo (
+    path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
+    inode INTEGER NOT NULL, digest TEXT NOT NULL
+) WITHOUT ROWID;
+"""
+_Result = dict[str, FileRef]
+_encode = msgspec.json.Encoder().encode
+_decode_list = msgspec.json.Decoder(list[_Result]).decode
+_decode_one = msgspec.json.Decoder(_Result).decode
+
+
+def connect(path: str | os.PathLike[str]) -> sqlite3.Connection:
+    """A connection to a shared cache db: WAL, NORMAL sync (the cache is losable), busy wait."""
+    db = sqlite3.connect(os.fspath(path), timeout=_BUSY_MS / 1000, isolation_level=None,
+                         check_same_thread=False)
+    db.execute(f"PRAGMA busy_timeout={_BUSY_MS}")
+    mode = db.execute("PRAGMA journal_mode").fetchone()[0]
+    if mode != "wal":
+        db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.executescript(_SCHEMA)
+    return db
+
+
+def _decode_rows(texts: list[str]) -> list[_Result | None]:
+    """Decode stored results in one pass; a bad row (older writer) decodes to None."""
+    try:
+        return list(_decode_list(("[" + ",".join(texts) + "]").encode()))
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        out: list[_Result | None] = []
+        for t in texts:
+            try:
+                out.append(_decode_one(t))
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                out.append(None)
+        return out
+
+
+class Cache:
+    """key -> successful step result; `get_many` answers a whole batch with one query."""
+
+    def __init__(self, root: str | os.PathLike[str], repo: object | None = None) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.db = connect(self.root / DB_NAME)
+        self._repo = repo
+
+    def _repository(self):  # type: ignore[no-untyped-def]
+        if self._repo is None:
+            from reflowes.engine.repository import Repository
+
+            self._repo = Repository(self.root)
+        return self._repo
+
+    def close(self) -> None:
+        self.db.close()
+
+    # ------------------------------------------------------------ the index
+
+    def get(self, key: str) -> dict[str, FileRef] | None:
+        """The result stored under `key`, unless absent or its objects are gone."""
+        return self.get_many([key]).get(key)
+
+    def get_many(self, keys: list[str]) -> dict[str, dict[str, FileRef]]:
+        """{key: result} for every key that hits (one query; missing objects are misses)."""
+        if not keys:
+            return {}
+        rows = self.db.execute(
+            "SELECT key, result FROM cache WHERE key IN (SELECT value FROM json_each(?))",
+            (_encode(list(keys)).decode(),),
+        ).fetchall()
+        repo = self._repository()
+        objs = repo._objects_s
+        present: dict[str, bool] = {}
+        hits: dict[str, dict[str, FileRef]] = {}
+        for (key, _), result in zip(rows, _decode_rows([r[1] for r in rows])):
+            if result is None:
+                continue
+            ok = True
+            for ref in result.values():
+                digest = ref.digest
+                known = present.get(digest)
+                if known is None:
+                    if ref.kind == "dir":
+                        known = repo.has(ref)
+                    else:
+                        try:
+                            known = os.stat(f"{objs}/{digest[:2]}/{digest[2:]}").st_size == ref.size
+                        except FileNotFoundError:
+                            known = False
+                    present[digest] = known
+                if not known:
+                    ok = False
+                    break
+            if ok:
+                hits[key] = result
+        return hits
+
+    def put(self, key: str, result: dict[str, FileRef]) -> None:
+        """Remember a successful step's result (the shell never puts failures)."""
+        self.put_many({key: result})
+
+    def put_many(
+        self, results: Mapping[str, Result] | Iterable[tuple[str, Result]]
+    ) -> None:
+        """Remember many results (a mapping or (key, result) pairs) in one short transaction."""
+        pairs = results.items() if isinstance(results, Mapping) else results
+        now = time.time()
+        rows = [(k, _encode(v).decode(), now) for k, v in pairs]
+        if not rows:
+            return
+        with self._txn():
+            self.db.executemany(
+                "INSERT OR REPLACE INTO cache(key, result, created) VALUES (?, ?, ?)", rows
+            )
+
+    def delete(self, key: str) -> None:
+        """Forget a key (e.g. a result found unusable)."""
+        with self._txn():
+            self.db.execute("DELETE FROM cache WHERE key = ?", (key,))
+
+    def __len__(self) -> int:
+        return int(self.db.execute("SELECT count(*) FROM cache").fetchone()[0])
+
+    # ------------------------------------------------------------ the intern memo
+
+    def memo_get_many(self, entries: list[tuple[str, int, int, int]]) -> dict[str, str]:
+        """{path: digest} for the (path, size, mtime_ns, inode) entries that are unchanged."""
+        if not entries:
+            return {}
+        want = {e[0]: e for e in entries}
+        rows = self.db.execute(
+            "SELECT path, size, mtime_ns, inode, digest FROM intern_memo "
+            "WHERE path IN (SELECT value FROM json_each(?))",
+            (_encode(list(want)).decode(),),
+        ).fetchall()
+        return {p: d for p, s, m, i, d in rows if want[p] == (p, s, m, i)}
+
+    def memo_put_many(self, entries: list[tuple[str, int, int, int, str]]) -> None:
+        """Remember (path, size, mtime_ns, inode, digest) entries."""
+        with self._txn():
+            self.db.executemany(
+                "INSERT OR REPLACE INTO intern_memo(path, size, mtime_ns, inode, digest) "
+                "VALUES (?, ?, ?, ?, ?)", entries,
+            )
+
+    def _txn(self) -> _Txn:
+        return _Txn(self.db)
+
+
+class _Txn:
+    """BEGIN IMMEDIATE ... COMMIT (rollback on error): writers queue on the lock up front."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self.db.execute("ROLLBACK" if exc_type else "COMMIT")

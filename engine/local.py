@@ -1,0 +1,345 @@
+"""The local executor: each exec is a `/bin/sh -c` process in a private dir `workdir/<exec id>/`.
+
+Steps run in their own process group under a guardian process that kills them when the
+controller dies; memory is capped with RLIMIT_AS (`ulimit -v`). Imports no docker.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import resource
+import select
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+from reflowes.engine.executor import ExecSpec, render
+from reflowes.engine.localpool import LocalPool
+from reflowes.engine.repository import Repository, RepositoryError
+from reflowes.events.model import Event, ExecCreated, ExecExited, ExecLost, ExecStarted, FileRef
+
+__all__ = ["LocalExecutor", "LocalPool"]
+
+SHELL = "/bin/sh"
+MARKER = "REFLOWES_EXEC"  # in every step's environment: how recover() knows a pid is ours
+TAIL_LINES = 20
+_TAIL_BYTES = 8192
+_OUT_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+# An allocation failing under RLIMIT_AS shows up as an error message, not a signal.
+_OOM_TEXT = re.compile(
+    rb"MemoryError|Cannot allocate memory|out of memory|bad_alloc|memory exhausted|"
+    rb"failed to allocate|Out of memory|cannot allocate|std::bad_alloc|ENOMEM", re.IGNORECASE
+)
+
+# Reads "+pgid" / "-pgid" lines; at EOF (the controller exited or died) kills every group left.
+_GUARDIAN = """
+import os, signal, sys
+for s in (signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGPIPE):
+    signal.signal(s, signal.SIG_IGN)
+groups = set()
+for line in sys.stdin.buffer:
+    try:
+        pg = int(line[1:])
+    except ValueError:
+        continue
+    if line[:1] == b"+":
+        groups.add(pg)
+    else:
+        groups.discard(pg)
+for pg in groups:
+    try:
+        os.killpg(pg, signal.SIGKILL)
+    except OSError:
+        pass
+"""
+
+
+class _Exec:
+    """One exec in flight."""
+
+    __slots__ = ("dir", "killed", "limit", "pid", "pidfd", "spec", "started")
+
+    def __init__(self, spec: ExecSpec, d: str, pid: int, pidfd: int, limit: int) -> None:
+        self.spec, self.dir, self.pid, self.pidfd, self.limit = spec, d, pid, pidfd, limit
+        self.started = time.monotonic()
+        self.killed = False
+
+
+class LocalExecutor:
+    """Runs execs as local processes; outcomes are collected by `poll` through pidfds."""
+
+    kind = "local"
+
+    def __init__(self, repo: Repository, workdir: str | os.PathLike[str]) -> None:
+        self.repo = repo
+        self.workdir = os.path.abspath(os.fspath(workdir))
+        os.makedirs(self.workdir, exist_ok=True)
+        self._known: set[str] = set()
+        self._live: dict[int, _Exec] = {}  # by pidfd
+        self._ready: list[Event] = []  # outcomes decided at put time (staging failures)
+        self._poller = select.poll()
+        self._guardian: subprocess.Popen[bytes] | None = None
+        self._path = os.environ.get("PATH") or os.defpath
+
+    # ------------------------------------------------------------ the guardian
+
+    def _guard(self, line: bytes) -> None:
+        g = self._guardian
+        if g is None:
+            g = self._guardian = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-c", _GUARDIAN], stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                bufsize=0,
+            )
+        assert g.stdin is not None
+        try:
+            g.stdin.write(line)
+        except BrokenPipeError:  # the guardian was killed: start another one
+            self._guardian = None
+            self._guard(b"".join(b"+%d\n" % e.pid for e in self._live.values()))
+
+    # ------------------------------------------------------------ put
+
+    def put(self, spec: ExecSpec) -> list[Event]:
+        """Stage the inputs, start the process; nothing when this exec id was put before."""
+        if spec.exec_id in self._known:
+            return []
+        self._known.add(spec.exec_id)
+        d = f"{self.workdir}/{spec.exec_id}"
+        try:
+            os.mkdir(d)
+        except FileExistsError:  # left by an earlier controller: its process must not live on
+            _kill_marked(spec.exec_id)
+            shutil.rmtree(d)
+            os.mkdir(d)
+        for sub in ("in", "out", "tmp"):
+            os.mkdir(f"{d}/{sub}")
+        values: dict[str, str] = dict(spec.scalars)
+        try:
+            for name, ref in spec.inputs.items():
+                dest = values[name] = f"{d}/in/{name}"
+                self.repo.materialize(ref, dest)
+            for name, kind in spec.outputs.items():
+                dest = values[name] = f"{d}/out/{name}"
+                if kind == "dir":
+                    os.mkdir(dest)
+            cmd = render(spec.template, values)
+        except RepositoryError as e:
+            return self._failed(spec, d, f"cannot stage inputs: {e}")
+        except (KeyError, IndexError, ValueError) as e:
+            return self._failed(spec, d, f"cannot render the command: {e!r}")
+        limit = spec.resources.mem
+        prologue = f"cd {shlex.quote(d)} || exit 126\n"
+        if limit > 0:
+            prologue += f"ulimit -v {max(limit >> 10, 1)} 2>/dev/null\n"
+        env = {"PATH": self._path, "HOME": d, "TMPDIR": f"{d}/tmp"}
+        env.update(spec.env)
+        env[MARKER] = spec.exec_id
+        pid = os.posix_spawn(
+            SHELL, [SHELL, "-c", prologue + cmd], env, setpgroup=0,
+            file_actions=[
+                (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
+                (os.POSIX_SPAWN_OPEN, 1, f"{d}/stdout", _OUT_FLAGS, 0o644),
+                (os.POSIX_SPAWN_OPEN, 2, f"{d}/stderr", _OUT_FLAGS, 0o644),
+            ],
+        )
+        self._guard(b"+%d\n" % pid)
+        pidfd = os.pidfd_open(pid)
+        self._live[pidfd] = _Exec(spec, d, pid, pidfd, limit)
+        self._poller.register(pidfd, select.POLLIN)
+        return [
+            ExecCreated(exec_id=spec.exec_id, task_id=spec.task_id, alloc_id=spec.alloc_id,
+                        executor="local", handle=str(pid), config={"cmd": cmd, "workdir": d},
+                        resources=spec.resources),
+            ExecStarted(exec_id=spec.exec_id, task_id=spec.task_id),
+        ]
+
+    def _failed(self, spec: ExecSpec, d: str, error: str) -> list[Event]:
+        self._ready.append(ExecExited(exec_id=spec.exec_id, task_id=spec.task_id, exit_code=-1,
+                                      error=error))
+        return [ExecCreated(exec_id=spec.exec_id, task_id=spec.task_id, alloc_id=spec.alloc_id,
+                            executor="local", handle="", config={"workdir": d},
+                            resources=spec.resources)]
+
+    # ------------------------------------------------------------ poll
+
+    def poll(self, timeout: float) -> list[Event]:
+        """Outcomes of the execs that ended, waiting up to `timeout` seconds for the first."""
+        out, self._ready = self._ready, []
+        if out:
+            timeout = 0
+        ready = self._poller.poll(max(0, int(timeout * 1000)) if timeout > 0 else 0)
+        for fd, _ in ready:
+            ex = self._live.get(fd)
+            if ex is None:
+                continue
+            try:
+                pid, status, usage = os.wait4(ex.pid, os.WNOHANG)
+            except ChildProcessError:  # reaped elsewhere: the outcome is unknown
+                self._forget(ex)
+                out.append(ExecLost(exec_id=ex.spec.exec_id, task_id=ex.spec.task_id,
+                                    reason="the step's process was reaped by someone else"))
+                continue
+            if pid == 0:
+                continue
+            self._forget(ex)
+            if not ex.killed:
+                out.append(self._outcome(ex, status, self._peak(usage.ru_maxrss << 10)))
+        return out
+
+    def _peak(self, maxrss: int) -> int:
+        """The step's peak RSS, or 0 when unknown: a spawned process inherits the spawner's
+        high-water mark (Linux exec_mmap), so values up to the controller's own are noise."""
+        floor = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss << 10
+        return maxrss if maxrss > floor else 0
+
+    def _forget(self, ex: _Exec) -> None:
+        try:  # leftovers of the step (background jobs) go with it, as in a container
+            os.killpg(ex.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self._guard(b"-%d\n" % ex.pid)
+        self._poller.unregister(ex.pidfd)
+        os.close(ex.pidfd)
+        del self._live[ex.pidfd]
+
+    def _outcome(self, ex: _Exec, status: int, peak: int) -> ExecExited:
+        spec = ex.spec
+        code = os.waitstatus_to_exitcode(status)
+        if code < 0:
+            code = 128 - code  # like a shell (and Docker): killed by signal N -> 128 + N
+        duration = time.monotonic() - ex.started
+        if code != 0:
+            tail = _tail(f"{ex.dir}/stderr")
+            oom = ex.limit > 0 and (
+                code == 128 + signal.SIGKILL or _OOM_TEXT.search(tail.encode()) is not None
+            )
+            if oom:  # the step needed more than its limit: the core's retry reads this
+                peak = max(peak, ex.limit)
+            return ExecExited(exec_id=spec.exec_id, task_id=spec.task_id, exit_code=code,
+                              oom=oom, peak_mem=peak, stderr_tail=tail, duration=duration,
+                              error=f"exited with status {code}" + (" (out of memory)" if oom
+                                                                    else ""))
+        result: dict[str, FileRef] = {}
+        for name, kind in spec.outputs.items():
+            p = f"{ex.dir}/out/{name}"
+            try:
+                if kind == "dir":
+                    if not os.path.isdir(p):
+                        raise FileNotFoundError(p)
+                    result[name] = self.repo.put_dir(p, move=True)
+                else:
+                    if os.path.isdir(p):
+                        raise IsADirectoryError(p)
+                    result[name] = self.repo.put_file(p, move=True)
+            except FileNotFoundError:
+                return ExecExited(exec_id=spec.exec_id, task_id=spec.task_id, exit_code=0,
+                                  peak_mem=peak, duration=duration, stderr_tail=_tail(
+                                      f"{ex.dir}/stderr"),
+                                  error=f"step produced no declared output {name!r}")
+            except OSError as e:
+                return ExecExited(exec_id=spec.exec_id, task_id=spec.task_id, exit_code=0,
+                                  peak_mem=peak, duration=duration,
+                                  error=f"cannot collect output {name!r}: {e}")
+        return ExecExited(exec_id=spec.exec_id, task_id=spec.task_id, exit_code=0,
+                          peak_mem=peak, result=result, duration=duration)
+
+    # ------------------------------------------------------------ recover, kill, close
+
+    def recover(self, exec_id: str, task_id: str, handle: str | None) -> list[Event]:
+        """A local exec cannot be re-attached: kill it if it still runs, report it lost."""
+        if exec_id in self._known:
+            return []  # ours, in this controller: its outcome comes through poll
+        self._known.add(exec_id)
+        pid = int(handle) if handle and handle.isdigit() else 0
+        killed = pid > 0 and _kill_if_ours(pid, exec_id)
+        reason = (f"process {pid} killed: a local exec cannot be re-attached after a restart"
+                  if killed else "the controller restarted and the step's process is gone")
+        return [ExecLost(exec_id=exec_id, task_id=task_id, reason=reason)]
+
+    def kill(self, exec_id: str) -> None:
+        """Stop the exec (its whole process group); no outcome is reported for it."""
+        for ex in self._live.values():
+            if ex.spec.exec_id == exec_id:
+                ex.killed = True
+                try:
+                    os.killpg(ex.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                self._ready = [e for e in self._ready if getattr(e, "exec_id", None) != exec_id]
+                return
+        self._ready = [e for e in self._ready if getattr(e, "exec_id", None) != exec_id]
+
+    def running(self) -> int:
+        """How many execs are in flight (including outcomes not yet polled)."""
+        return len(self._live) + len(self._ready)
+
+    def close(self) -> None:
+        """Kill every exec still running and stop the guardian."""
+        for ex in list(self._live.values()):
+            ex.killed = True
+            try:
+                os.killpg(ex.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        for ex in list(self._live.values()):
+            try:
+                os.waitpid(ex.pid, 0)
+            except ChildProcessError:
+                pass
+            self._forget(ex)
+        g, self._guardian = self._guardian, None
+        if g is not None:
+            assert g.stdin is not None
+            g.stdin.close()
+            g.wait()
+
+
+def _tail(path: str, lines: int = TAIL_LINES) -> str:
+    """The last `lines` lines of a log file."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - _TAIL_BYTES))
+            data = f.read()
+    except OSError:
+        return ""
+    return b"\n".join(data.rstrip(b"\n").split(b"\n")[-lines:]).decode("utf-8", "replace")
+
+
+def _is_ours(pid: int, exec_id: str) -> bool:
+    """True when `pid` runs a step of exec `exec_id` (its environment carries the marker)."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            env = f.read()
+    except OSError:
+        return False
+    return f"{MARKER}={exec_id}".encode() in env.split(b"\0")
+
+
+def _kill_if_ours(pid: int, exec_id: str) -> bool:
+    if not _is_ours(pid, exec_id):
+        return False
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return False
+    return True
+
+
+def _kill_marked(exec_id: str) -> None:
+    """Kill any process left running for `exec_id` by an earlier controller (rare path)."""
+    try:
+        pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return
+    for pid in pids:
+        _kill_if_ours(pid, exec_id)

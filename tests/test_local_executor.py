@@ -1,0 +1,325 @@
+"""The local executor and pool with real processes: outputs, staging, quoting, errors, OOM,
+idempotence, recovery, and no step process outliving a SIGKILLed controller."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from reflowes.engine.executor import ExecSpec
+from reflowes.engine.local import MARKER, LocalExecutor, LocalPool
+from reflowes.engine.repository import Repository
+from reflowes.events.model import (
+    AllocDied, AllocGranted, Event, ExecCreated, ExecExited, ExecLost, ExecStarted, FileRef,
+)
+from reflowes.events.resources import GiB, MiB, Resources
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Repository:
+    return Repository(tmp_path / "repo")
+
+
+@pytest.fixture
+def ex(repo: Repository, tmp_path: Path):  # type: ignore[no-untyped-def]
+    e = LocalExecutor(repo, tmp_path / "execs")
+    yield e
+    e.close()
+
+
+def spec(exec_id: str, template: str, **kw: object) -> ExecSpec:
+    return ExecSpec(exec_id=exec_id, task_id="t-" + exec_id, alloc_id="a1", template=template,
+                    **kw)  # type: ignore[arg-type]
+
+
+def run_all(ex: LocalExecutor, timeout: float = 30) -> dict[str, Event]:
+    out: dict[str, Event] = {}
+    deadline = time.monotonic() + timeout
+    while ex.running() and time.monotonic() < deadline:
+        for ev in ex.poll(1.0):
+            out[ev.exec_id] = ev  # type: ignore[union-attr]
+    assert not ex.running(), "execs did not finish in time"
+    return out
+
+
+def marked_pids(exec_ids: set[str]) -> list[int]:
+    """Live processes whose environment carries the marker of one of `exec_ids`."""
+    found = []
+    for p in os.listdir("/proc"):
+        if not p.isdigit():
+            continue
+        try:
+            env = Path(f"/proc/{p}/environ").read_bytes().split(b"\0")
+            state = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z" and any(f"{MARKER}={e}".encode() in env for e in exec_ids):
+            found.append(int(p))
+    return found
+
+
+def gone(exec_ids: set[str], timeout: float = 5.0) -> bool:
+    """True once no process of `exec_ids` is alive (SIGKILL lands asynchronously)."""
+    deadline = time.monotonic() + timeout
+    while marked_pids(exec_ids):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def test_step_output_is_hashed_with_the_right_content(ex: LocalExecutor, repo: Repository) -> None:
+    evs = ex.put(spec("e1", "printf 'hello %s' {who} > {out}", scalars={"who": "world"},
+                      outputs={"out": "file"}))
+    created, started = evs
+    assert isinstance(created, ExecCreated) and isinstance(started, ExecStarted)
+    assert created.executor == "local" and int(created.handle) > 0
+    assert created.config["workdir"].endswith("/e1") and "printf" in created.config["cmd"]
+    done = run_all(ex)["e1"]
+    assert isinstance(done, ExecExited) and done.exit_code == 0 and done.error is None
+    ref = done.result["out"]
+    assert ref == FileRef(hashlib.sha256(b"hello world").hexdigest(), 11)
+    assert repo.read_bytes(ref) == b"hello world"
+    assert done.duration > 0
+
+
+def test_inputs_staged_read_only_files_and_dirs(
+    ex: LocalExecutor, repo: Repository, tmp_path: Path
+) -> None:
+    f = repo.put_bytes(b"line1\nline2\n")
+    d = tmp_path / "d"
+    (d / "sub").mkdir(parents=True)
+    (d / "sub" / "x").write_bytes(b"x")
+    dref = repo.put_dir(d)
+    ex.put(spec("e2", "wc -l < {src} > {out}; cat {dd}/sub/x >> {out}; "
+                      "test -w {src} && echo writable >&2; stat -c %a {src} >&2",
+                inputs={"src": f, "dd": dref}, outputs={"out": "file"}))
+    done = run_all(ex)["e2"]
+    assert isinstance(done, ExecExited) and done.exit_code == 0, done
+    assert repo.read_bytes(done.result["out"]) == b"2\nx"
+    staged = Path(ex.workdir) / "e2" / "in" / "src"
+    assert not staged.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)
+    assert staged.stat().st_ino == repo.path(f).stat().st_ino  # hard linked, not copied
+    assert (Path(ex.workdir) / "e2" / "stderr").read_text().splitlines()[-1] == "444"
+
+
+def test_scalars_are_just_values(ex: LocalExecutor, repo: Repository, tmp_path: Path) -> None:
+    victim = tmp_path / "x"
+    victim.mkdir()
+    nasty = "a b;rm -rf x $(touch pwned) `id` 'q' \"dq\" *"
+    ex.put(spec("e3", "cd {where} && printf %s {v} > {out}",
+                scalars={"v": nasty, "where": str(tmp_path)}, outputs={"out": "file"}))
+    done = run_all(ex)["e3"]
+    assert isinstance(done, ExecExited) and done.exit_code == 0, done
+    assert repo.read_bytes(done.result["out"]).decode() == nasty
+    assert victim.is_dir() and not (tmp_path / "pwned").exists()
+
+
+def test_env_is_minimal_and_private(ex: LocalExecutor, repo: Repository,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REFLOWES_TEST_SECRET", "leak")
+    ex.put(spec("e4", 'echo "${{REFLOWES_TEST_SECRET-unset}} $HOME $TMPDIR $MINE $(pwd)" > {out}',
+                env={"MINE": "mine"}, outputs={"out": "file"}))
+    done = run_all(ex)["e4"]
+    assert isinstance(done, ExecExited)
+    d = f"{ex.workdir}/e4"
+    assert repo.read_bytes(done.result["out"]).decode().split() == [
+        "unset", d, f"{d}/tmp", "mine", d]
+
+
+def test_nonzero_exit_carries_stderr_tail(ex: LocalExecutor) -> None:
+    ex.put(spec("e5", "for i in $(seq 1 50); do echo line$i >&2; done; exit 3",
+                outputs={"out": "file"}))
+    done = run_all(ex)["e5"]
+    assert isinstance(done, ExecExited)
+    assert done.exit_code == 3 and not done.oom and done.result == {}
+    assert done.stderr_tail.splitlines() == [f"line{i}" for i in range(31, 51)]
+    assert "3" in (done.error or "")
+
+
+def test_missing_declared_output(ex: LocalExecutor) -> None:
+    ex.put(spec("e6", "echo made > {a}", outputs={"a": "file", "b": "file"}))
+    ex.put(spec("e6d", "rmdir {d}", outputs={"d": "dir"}))
+    done = run_all(ex)
+    for eid, name in (("e6", "b"), ("e6d", "d")):
+        ev = done[eid]
+        assert isinstance(ev, ExecExited) and ev.exit_code == 0 and ev.result == {}
+        assert ev.error == f"step produced no declared output {name!r}"
+
+
+def test_dir_output(ex: LocalExecutor, repo: Repository) -> None:
+    ex.put(spec("e7", "mkdir {d}/s && echo 1 > {d}/s/one && echo 2 > {d}/two",
+                outputs={"d": "dir"}))
+    done = run_all(ex)["e7"]
+    assert isinstance(done, ExecExited) and done.exit_code == 0, done
+    ref = done.result["d"]
+    assert ref.kind == "dir" and set(repo.listing(ref)) == {"s/one", "two"}
+
+
+def test_memory_hog_is_oom(ex: LocalExecutor) -> None:
+    ex.put(spec("e8", f"{sys.executable} -c 'bytearray(400 << 20)'",
+                resources=Resources(1, 100 * MiB)))
+    ex.put(spec("e8ok", f"{sys.executable} -c 'bytearray(50 << 20)'",
+                resources=Resources(1, 300 * MiB)))
+    done = run_all(ex)
+    hog = done["e8"]
+    assert isinstance(hog, ExecExited) and hog.oom and hog.exit_code != 0
+    assert hog.peak_mem >= 100 * MiB
+    ok = done["e8ok"]
+    assert isinstance(ok, ExecExited) and ok.exit_code == 0 and not ok.oom, ok
+
+
+def test_put_is_idempotent_by_exec_id(ex: LocalExecutor) -> None:
+    first = ex.put(spec("e9", "sleep 0.2; echo x > {o}", outputs={"o": "file"}))
+    assert len(first) == 2
+    assert ex.put(spec("e9", "echo other > {o}", outputs={"o": "file"})) == []
+    done = run_all(ex)
+    assert list(done) == ["e9"]
+    assert ex.put(spec("e9", "echo other > {o}", outputs={"o": "file"})) == []
+    assert ex.poll(0) == [] and ex.running() == 0
+
+
+def test_staging_failure_is_an_outcome(ex: LocalExecutor) -> None:
+    evs = ex.put(spec("e10", "cat {x}", inputs={"x": FileRef("ab" * 32, 3)}))
+    assert [type(e) for e in evs] == [ExecCreated]
+    done = run_all(ex)["e10"]
+    assert isinstance(done, ExecExited) and done.exit_code == -1
+    assert "missing" in (done.error or "")
+
+
+def test_kill_reports_nothing_and_leaves_nothing(ex: LocalExecutor) -> None:
+    ex.put(spec("e11", "sleep 300 | cat"))
+    time.sleep(0.2)
+    assert marked_pids({"e11"})
+    ex.kill("e11")
+    assert run_all(ex) == {}
+    assert gone({"e11"})
+
+
+def test_background_leftovers_die_with_the_step(ex: LocalExecutor) -> None:
+    ex.put(spec("e12", "sleep 300 & echo ok > {o}", outputs={"o": "file"}))
+    done = run_all(ex)["e12"]
+    assert isinstance(done, ExecExited) and done.exit_code == 0
+    assert gone({"e12"})
+
+
+def test_recover_dead_and_live_pids(ex: LocalExecutor, repo: Repository, tmp_path: Path) -> None:
+    p = subprocess.Popen(["true"])
+    p.wait()
+    lost = ex.recover("gone", "t", str(p.pid))
+    assert [type(e) for e in lost] == [ExecLost]
+    assert ex.recover("none", "t", None)[0].reason  # type: ignore[union-attr]
+    # a process of an earlier controller, still running: killed, reported lost
+    other = LocalExecutor(repo, tmp_path / "execs")
+    created = other.put(spec("old", "sleep 300"))[0]
+    assert isinstance(created, ExecCreated)
+    events = ex.recover("old", "t-old", created.handle)
+    assert isinstance(events[0], ExecLost) and "killed" in events[0].reason
+    run_all(other)  # `other` reaps what recover killed
+    assert gone({"old"})
+    other.close()
+    # a pid that is alive but not ours is left alone
+    bystander = subprocess.Popen(["sleep", "30"])
+    try:
+        ex.recover("x", "t", str(bystander.pid))
+        assert bystander.poll() is None
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
+_CONTROLLER = """
+import sys, time
+from reflowes.engine.executor import ExecSpec
+from reflowes.engine.local import LocalExecutor
+from reflowes.engine.repository import Repository
+ex = LocalExecutor(Repository(sys.argv[1]), sys.argv[2])
+for i, cmd in enumerate(["sleep 300", "sleep 300 | cat", "(sleep 300 &) ; sleep 300"]):
+    ex.put(ExecSpec(exec_id=f"c{i}", task_id="t", alloc_id="a", template=cmd))
+print("started", flush=True)
+while True:
+    ex.poll(1.0)
+"""
+
+
+@pytest.mark.slow
+def test_sigkill_of_the_controller_leaves_no_step_alive(tmp_path: Path) -> None:
+    ctl = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(_CONTROLLER), str(tmp_path / "repo"),
+         str(tmp_path / "execs")], stdout=subprocess.PIPE, text=True,
+    )
+    assert ctl.stdout is not None and ctl.stdout.readline().strip() == "started"
+    ids = {"c0", "c1", "c2"}
+    time.sleep(0.3)
+    assert len(marked_pids(ids)) >= 5
+    ctl.send_signal(signal.SIGKILL)
+    ctl.wait()
+    deadline = time.monotonic() + 10
+    while marked_pids(ids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert marked_pids(ids) == []
+    # a restarted controller finds the leftover dirs and starts the exec afresh
+    repo = Repository(tmp_path / "repo")
+    again = LocalExecutor(repo, tmp_path / "execs")
+    try:
+        assert len(again.put(ExecSpec(exec_id="c0", task_id="t", alloc_id="a",
+                                      template="echo fresh > {o}", outputs={"o": "file"}))) == 2
+        done = run_all(again)["c0"]
+        assert isinstance(done, ExecExited) and repo.read_bytes(done.result["o"]) == b"fresh\n"
+    finally:
+        again.close()
+
+
+def test_close_kills_running_steps(repo: Repository, tmp_path: Path) -> None:
+    e = LocalExecutor(repo, tmp_path / "execs")
+    e.put(spec("k1", "sleep 300"))
+    e.put(spec("k2", "sleep 300 | cat"))
+    time.sleep(0.1)
+    e.close()
+    assert gone({"k1", "k2"})
+
+
+# ---------------------------------------------------------------- the pool
+
+
+def test_pool_capacity_is_the_machine(tmp_path: Path) -> None:
+    pool = LocalPool(repo_root=tmp_path)
+    cap = pool.capacity()
+    assert cap.cpu == os.cpu_count()
+    assert 0 < cap.mem < os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    assert cap.disk > 0
+
+
+def test_pool_grants_min_release_restore() -> None:
+    pool = LocalPool(Resources(2, 4 * GiB, 10 * GiB))
+    pool.request("r1", Resources(1, 3 * GiB, GiB), Resources(1, GiB, GiB))
+    (g1,) = pool.poll()
+    assert g1 == AllocGranted(alloc_id="a1", request_id="r1", resources=Resources(1, 3 * GiB, GiB))
+    # wants more than is free: granted what is left, since the minimum fits
+    pool.request("r2", Resources(2, 2 * GiB, GiB), Resources(1, GiB, GiB))
+    (g2,) = pool.poll()
+    assert g2.resources == Resources(1, GiB, GiB)  # type: ignore[union-attr]
+    # nothing left: waits; a repeated request is not granted twice
+    pool.request("r3", Resources(1, GiB, GiB), Resources(1, GiB, GiB))
+    pool.request("r3", Resources(1, GiB, GiB), Resources(1, GiB, GiB))
+    assert pool.poll() == []
+    pool.release("a1")
+    pool.release("a1")
+    assert pool.poll() == [AllocGranted(alloc_id="a3", request_id="r3",
+                                        resources=Resources(1, GiB, GiB))]
+    assert pool.free() == Resources(0, 2 * GiB, 8 * GiB)
+    # after a restart: take back what the log lists; what does not fit has died
+    fresh = LocalPool(Resources(2, 4 * GiB, 10 * GiB))
+    died = fresh.restore({"a2": Resources(1, GiB, GiB), "a3": Resources(1, GiB, GiB),
+                          "a9": Resources(1, GiB, GiB)})
+    assert died == [AllocDied(alloc_id="a9", reason=died[0].reason)]  # type: ignore[union-attr]
+    assert fresh.free() == Resources(0, 2 * GiB, 8 * GiB)
