@@ -178,14 +178,15 @@ def _print_projections(layout: BatchLayout, p: Projections, as_json: bool) -> No
 
 
 def _check(log: SqliteLog) -> None:
-    from reflowes.engine.check import check  # the engine's replay checker
+    from reflowes.engine.check import check
+    from reflowes.engine.core import DECISION_KINDS
 
     decisions = 0
 
     def counted() -> Iterator[Recorded]:
         nonlocal decisions
         for rec in log.read():
-            decisions += rec.event.decision
+            decisions += rec.kind in DECISION_KINDS
             yield rec
 
     mismatch = check(counted())

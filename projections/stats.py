@@ -75,7 +75,7 @@ def _end(st: StatsState, att: TaskAttempt, state: TaskState, error: str | None) 
     """Close an attempt; the first close hands its resources back to its alloc."""
     if att.state in _LIVE and att.alloc_id is not None:
         alloc = st.allocs.get(att.alloc_id)
-        if alloc is not None:
+        if alloc is not None and not alloc.dead:  # a dead alloc's resources are gone
             alloc.available = alloc.available + att.resources
     att.state = state
     if error is not None:
@@ -140,7 +140,13 @@ def _finished(st: StatsState, ev: m.TaskFinished, at: float) -> None:
     if per is None:
         return
     att = per.get(ev.attempt) or per[max(per)]
-    _end(st, att, TaskState.DONE if ev.ok else TaskState.FAILED, ev.error)
+    if ev.ok:
+        state = TaskState.DONE
+    elif att.state is TaskState.LOST or (ev.error or "").startswith("lost "):
+        state = TaskState.LOST  # lost once too often: the task failed, its last attempt was lost
+    else:
+        state = TaskState.FAILED
+    _end(st, att, state, ev.error)
     if ev.exit_code is not None:
         att.exit_code = ev.exit_code
 
