@@ -260,3 +260,92 @@ def test_call_many_rows_each_get_their_own_graph(prog: Program) -> None:
     results = [prog.call(bind(prog, sample=f"S{i}", reads="r.fq", top=str(i)), run_id=f"S{i}")
                for i in range(10_000)]
     assert results[-1]["counts"].node.inputs["top"] == 9999  # type: ignore[union-attr]
+
+
+# ------------------------------------------------------------------ the bundled example
+
+EXAMPLE = pathlib.Path(__file__).resolve().parent.parent / "examples" / "reads"
+
+
+def run_by_hand(csv: pathlib.Path, work: pathlib.Path) -> tuple[dict[str, dict[str, str]],
+                                                                 list[tuple[str, str, str]]]:
+    """Evaluate every row and run each distinct step once with sh (what `reflowes run` does,
+    without the scheduler): returns each run's result paths and (run, step, key) in order."""
+    import hashlib
+    import os
+    import subprocess
+
+    from reflowes.engine.executor import render
+    from reflowes.engine.graph import exec_key, scalar_text, walk
+
+    sheet = read_sheet(csv)
+    prog = load_program(csv.parent / sheet.rows[0].values["program"])
+    by_key: dict[str, dict[str, str]] = {}
+    steps, results = [], {}
+    for row in sheet.rows:
+        kw = prog.bind(row.values, id_column=sheet.id_column, row=row.line, csv=sheet.path)
+        result = prog.call(kw, run_id=row.id)
+        made: dict[int, dict[str, str]] = {}
+        for node in walk(result):
+            values, digests = {}, {}
+            for name, v in node.inputs.items():
+                if isinstance(v, (rf.FileNode, rf.OutputRef)):
+                    path = v.source if isinstance(v, rf.FileNode) else made[id(v.node)][v.name]
+                    values[name] = path
+                    digests[name] = hashlib.sha256(pathlib.Path(path).read_bytes()).hexdigest()
+                else:
+                    values[name] = scalar_text(v)
+            key = exec_key(node, digests)
+            if key not in by_key:
+                d = work / key
+                d.mkdir()
+                outs = {n: str(d / n) for n in node.outputs}
+                subprocess.run(["sh", "-c", render(node.template, {**values, **outs})],
+                               check=True, env={**os.environ, **node.env})
+                by_key[key] = outs
+            made[id(node)] = by_key[key]
+            steps.append((row.id, node.name, key))
+        results[row.id] = {
+            name: ref.source if isinstance(ref, rf.FileNode) else made[id(ref.node)][ref.name]
+            for name, ref in result.items()
+        }
+    return results, steps
+
+
+def test_example_pipeline_runs_and_shares_the_reference_step(tmp_path: pathlib.Path) -> None:
+    results, steps = run_by_hand(EXAMPLE / "samples.csv", tmp_path)
+    assert list(results) == ["S1", "S2", "S3", "S4", "S5"]
+    expected = {  # as documented in examples/reads/README.md
+        "S1": ("100.00", "44.07", "35.99"), "S2": ("96.67", "44.41", "33.56"),
+        "S3": ("65.83", "51.74", "35.96"), "S4": ("87.50", "45.16", "25.14"),
+        "S5": ("40.83", "35.94", "32.04"),
+    }
+    for run, paths in results.items():
+        assert sorted(paths) == ["kmers", "ref_hits", "report", "stats"]
+        report = pathlib.Path(paths["report"])
+        assert sorted(p.name for p in report.iterdir()) == ["summary.tsv", "top_kmers.tsv"]
+        summary = dict(line.split("\t") for line in
+                       (report / "summary.tsv").read_text().splitlines())
+        assert summary["sample"] == run and summary["reads"] == "240"
+        got = (summary["ref_percent"], summary["gc_percent"], summary["mean_quality"])
+        assert got == expected[run]
+        top = 5 if run == "S4" else 10
+        assert len(pathlib.Path(paths["kmers"]).read_text().splitlines()) == top
+    keys = {(run, step): key for run, step, key in steps}
+    assert len({keys[(r, "ref_index")] for r in results}) == 1  # one key for the batch
+    for step in ("stats", "kmers", "ref_hits", "report"):
+        assert len({keys[(r, step)] for r in results}) == 5
+    assert len({key for _, _, key in steps}) == 4 * 5 + 1
+
+
+def test_example_data_is_reproducible(tmp_path: pathlib.Path) -> None:
+    import shutil
+    import subprocess
+    import sys
+
+    shutil.copy(EXAMPLE / "make_data.py", tmp_path)
+    subprocess.run([sys.executable, str(tmp_path / "make_data.py")], check=True)
+    made = sorted(p.name for p in (tmp_path / "data").iterdir())
+    assert made == sorted(p.name for p in (EXAMPLE / "data").iterdir())
+    for name in made:
+        assert (tmp_path / "data" / name).read_bytes() == (EXAMPLE / "data" / name).read_bytes()
