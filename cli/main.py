@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import click
 from reflowes.cli.common import ReflowesGroup
+from reflowes.cli.logs import logs
 from reflowes.cli.ps import ps
 from reflowes.cli.replay import replay
+from reflowes.cli.run import run
 from reflowes.cli.status import status
 
 
@@ -18,9 +20,12 @@ def cli() -> None:
     """
 
 
+cli.add_command(run)
 cli.add_command(status)
 cli.add_command(replay)
 cli.add_command(ps)
+cli.add_command(logs)
 
-# ---- `reflowes run` and `reflowes logs` (engine/shell.py, cli/run.py, cli/logs.py): the lead
-# ---- registers them here, e.g. `from reflowes.cli.run import run` + `cli.add_command(run)`.
+
+if __name__ == "__main__":
+    cli()

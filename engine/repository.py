@@ -229,6 +229,7 @@ class Repository:
         """Recreate `ref` at `dest`: a file hard linked (else copied), a dir as a tree."""
         d = os.fspath(dest)
         if ref.kind != "dir":
+            os.makedirs(os.path.dirname(d) or ".", exist_ok=True)
             self._link_or_copy(ref.digest, d)
             return
         os.makedirs(d, exist_ok=True)

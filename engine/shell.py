@@ -24,12 +24,13 @@ from reflowes.engine.errors import UserError
 from reflowes.engine.evaluator import Evaluator, RunSpec
 from reflowes.engine.executor import Executor, Pool
 from reflowes.engine.layout import BatchLayout
-from reflowes.engine.local import LocalExecutor, LocalPool
+from reflowes.engine.local import LocalExecutor
+from reflowes.engine.localpool import LocalPool
 from reflowes.engine.recovery import WorldView
 from reflowes.engine.repository import Repository
 from reflowes.events.log import SqliteLog
 from reflowes.events.model import (
-    AllocReleased, AllocRequested, BatchOpened, Event, ExecExited, RunFinished,
+    AllocReleased, AllocRequested, BatchOpened, CacheHit, Event, ExecExited, RunFinished,
     SchedulerConfigured, TaskAssigned, TaskFinished, Tick,
 )
 
@@ -109,7 +110,7 @@ class Shell:
         self.repo = Repository(repo_root)
         self.cache = Cache(repo_root)
         self.log = SqliteLog.open(self.layout.log)
-        self.pool: Pool = LocalPool()
+        self.pool: Pool = LocalPool(repo_root=repo_root)
         self.local: Executor = LocalExecutor(self.repo, self.layout.execs)
         self.docker: Executor | None = None
         self.evaluator = Evaluator(self.repo, self.cache, self.layout.results)
@@ -139,6 +140,8 @@ class Shell:
                 self.world.apply(d)
             decisions.extend(made)
         self.log.append(batch, at=self._now)
+        for ev in batch:
+            self._count(ev)
         return decisions
 
     def flush(self, facts: list[Event]) -> None:
@@ -147,9 +150,6 @@ class Shell:
             self._now = time.time()
             decisions = self.record(facts)
             facts = []
-            for ev in self._recorded_outcomes:
-                self._count(ev)
-            self._recorded_outcomes = []
             for d in decisions:
                 facts += self.perform(d)
             self.evaluator.flush_cache()
@@ -169,11 +169,7 @@ class Shell:
             self.pool.release(d.alloc_id)
             return []
         if isinstance(d, TaskFinished):
-            if not d.ok:
-                self.progress.steps_failed += 1
-            events = self.evaluator.finished(d)
-            self._recorded_outcomes.extend(e for e in events if isinstance(e, RunFinished))
-            return events
+            return self.evaluator.finished(d)
         return []
 
     def _executor_for(self, image: str | None) -> Executor:
@@ -192,9 +188,14 @@ class Shell:
         return hashlib.sha256(str(self.layout.state_dir).encode()).hexdigest()[:12]
 
     def _count(self, ev: Event) -> None:
-        if isinstance(ev, RunFinished):
-            self.progress.steps_run += ev.steps_run
-            self.progress.steps_cached += ev.steps_cached
+        if isinstance(ev, CacheHit):
+            self.progress.steps_cached += 1
+        elif isinstance(ev, TaskFinished):
+            if ev.ok:
+                self.progress.steps_run += 1
+            else:
+                self.progress.steps_failed += 1
+        elif isinstance(ev, RunFinished):
             if ev.ok:
                 self.progress.runs_done += 1
             else:
@@ -206,7 +207,6 @@ class Shell:
     def _drive(self, specs: list[RunSpec]) -> Progress:
         self._now = time.time()
         self._deferred: list[TaskAssigned] = []
-        self._recorded_outcomes: list[Event] = []
         last_invocation = 0
         self.world = WorldView()
         for rec in self.log.read():
@@ -258,9 +258,7 @@ class Shell:
         out: list[Event] = []
         while queue and self.evaluator.running_runs() < self.opts.parallel:
             spec = queue.pop()
-            events = self.evaluator.start(spec, priority[spec.run_id])
-            out += events
-            self._recorded_outcomes.extend(e for e in events if isinstance(e, RunFinished))
+            out += self.evaluator.start(spec, priority[spec.run_id])
         return out
 
     def _poll(self, timeout: float) -> list[Event]:
