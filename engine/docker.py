@@ -304,6 +304,8 @@ class DockerExecutor:
                 exec_id=live.exec_id, task_id=live.task_id,
                 reason=f"docker engine connection lost while waiting: {type(e).__name__}")
         else:
+            if self._closed:  # the next controller harvests it (recover)
+                return
             try:
                 ev = None if live.killed else self._harvest(
                     live.container, live.exec_id, live.task_id)

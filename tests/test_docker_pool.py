@@ -1,0 +1,204 @@
+"""DockerPool against real engines: capacity, grants, zombie collection, and a second dockerd
+(own socket, data root, exec root, pidfile) stopped and restarted under a live pool."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import pytest
+from reflowes.engine.docker import DockerExecutor
+from reflowes.engine.dockerpool import DockerPool, batch_containers
+from reflowes.engine.executor import ExecSpec
+from reflowes.engine.repository import Repository
+from reflowes.events.model import AllocDied, AllocGranted, Event, ExecLost
+from reflowes.events.resources import GiB, MiB, Resources
+
+pytestmark = pytest.mark.docker
+ROOT = Path(__file__).resolve().parent.parent
+ONE = Resources(1, 1 * GiB)
+
+
+@pytest.fixture
+def batch(docker_engine) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    b = "pool" + uuid.uuid4().hex[:12]
+    yield b
+    for c in batch_containers(docker_engine, b):
+        try:
+            c.remove(force=True)
+        except docker.errors.NotFound:  # removed meanwhile by a harvest
+            pass
+
+
+def poll_until(pool: DockerPool, pred, timeout: float = 20) -> list[Event]:  # type: ignore[no-untyped-def]
+    got: list[Event] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got += pool.poll()
+        if pred(got):
+            return got
+        time.sleep(0.05)
+    raise AssertionError(f"condition not met in {timeout}s; got {got}")
+
+
+def sleeper(exec_id: str, alloc_id: str) -> ExecSpec:
+    return ExecSpec(exec_id=exec_id, task_id="t-" + exec_id, alloc_id=alloc_id,
+                    template="sleep 60", image="local/busybox:1",
+                    resources=Resources(0.1, 32 * MiB))
+
+
+def test_capacity_comes_from_the_engine(docker_engine, batch):  # type: ignore[no-untyped-def]
+    info = docker_engine.info()
+    cap = DockerPool(docker_engine, batch).capacity()
+    assert cap.cpu == info["NCPU"] and cap.mem == int(info["MemTotal"] * 0.95)
+    assert cap.disk > 0
+
+
+def test_grants_follow_the_local_rules(docker_engine, batch):  # type: ignore[no-untyped-def]
+    pool = DockerPool(docker_engine, batch, resources=Resources(2, 4 * GiB, 10 * GiB))
+    assert pool.restore({}) == []
+    pool.request("r1", Resources(1, 3 * GiB, GiB), Resources(1, GiB, GiB))
+    pool.request("r2", Resources(2, 2 * GiB, GiB), Resources(1, GiB, GiB))
+    pool.request("r3", Resources(1, GiB, GiB), Resources(1, GiB, GiB))
+    got = pool.poll()
+    assert got == [
+        AllocGranted(alloc_id="a1", request_id="r1", resources=Resources(1, 3 * GiB, GiB)),
+        AllocGranted(alloc_id="a2", request_id="r2", resources=Resources(1, GiB, GiB)),
+    ]
+    pool.release("a1")
+    assert pool.poll() == [
+        AllocGranted(alloc_id="a3", request_id="r3", resources=Resources(1, GiB, GiB))]
+
+
+def test_restore_collects_containers_of_dead_allocs(docker_engine, batch, tmp_path):  # type: ignore[no-untyped-def]
+    ex = DockerExecutor(Repository(tmp_path / "repo"), tmp_path / "execs", docker_engine,
+                        batch_id=batch)
+    ex.put(sleeper("e-live", "a1"))
+    ex.put(sleeper("e-zombie", "a2"))
+    ex.close()  # a controller died with both running
+    # An unrelated batch's container must survive.
+    other = "pool" + uuid.uuid4().hex[:12]
+    ex2 = DockerExecutor(Repository(tmp_path / "repo"), tmp_path / "execs2", docker_engine,
+                         batch_id=other)
+    ex2.put(sleeper("e-other", "a2"))
+    ex2.close()
+    try:
+        pool = DockerPool(docker_engine, batch)
+        assert pool.restore({"a1": ONE}) == []
+        left = {c.labels["reflowes.exec"] for c in batch_containers(docker_engine, batch)}
+        assert left == {"e-live"}
+        assert len(pool.collected) == 1 and pool.collected[0].endswith("-e-zombie")
+        assert len(batch_containers(docker_engine, other)) == 1
+        assert pool.allocs == {"a1": ONE}
+    finally:
+        for c in batch_containers(docker_engine, other):
+            c.remove(force=True)
+
+
+# ---------------------------------------------------------------- a second, disposable engine
+
+
+class SecondEngine:
+    """A dockerd of its own, started by scripts/docker-up.sh; never the main engine."""
+
+    def __init__(self) -> None:
+        tag = f"rfx-test-{os.getpid()}"
+        self.env = dict(
+            os.environ, DOCKER_SOCK=f"/run/{tag}.sock", DOCKER_DATA_ROOT=f"/var/lib/{tag}",
+            DOCKER_EXEC_ROOT=f"/run/{tag}", DOCKER_PIDFILE=f"/run/{tag}.pid",
+            DOCKERD_LOG=f"/tmp/{tag}.log", SKIP_APT="1",
+            DOCKERD_FLAGS=f"--iptables=false --bridge=none --cgroup-parent={tag}")
+        self.url = f"unix://{self.env['DOCKER_SOCK']}"
+
+    def start(self) -> None:
+        proc = subprocess.run([str(ROOT / "scripts" / "docker-up.sh")], env=self.env,
+                              capture_output=True, text=True, timeout=120, check=False)
+        assert proc.returncode == 0, proc.stderr
+
+    def pid(self) -> int:
+        try:
+            return int(Path(self.env["DOCKER_PIDFILE"]).read_text())
+        except (OSError, ValueError):
+            return 0
+
+    def stop(self) -> None:
+        """SIGTERM this engine's dockerd (by its own pidfile) and wait until it is gone."""
+        pid = self.pid()
+        if pid and _alive(pid):
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 30
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+
+    def destroy(self) -> None:
+        self.stop()
+        roots = (self.env["DOCKER_EXEC_ROOT"], self.env["DOCKER_DATA_ROOT"])
+        with open("/proc/mounts") as f:
+            mounts = [line.split()[1] for line in f]
+        for m in sorted((m for m in mounts if m.startswith(roots)), key=len, reverse=True):
+            subprocess.run(["umount", "-l", m], check=False)
+        subprocess.run(["rm", "-rf", *roots, self.env["DOCKER_SOCK"]], check=False)
+
+
+def _alive(pid: int) -> bool:
+    """Running and not a zombie (PID 1 here reaps late)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def engine2(docker_engine) -> Iterator[SecondEngine]:  # type: ignore[no-untyped-def]
+    e = SecondEngine()
+    try:
+        e.start()
+        yield e
+    finally:
+        e.destroy()
+
+
+@pytest.mark.slow
+def test_engine_down_kills_allocs_and_comes_back(engine2, tmp_path):  # type: ignore[no-untyped-def]
+    client = docker.DockerClient(base_url=engine2.url, timeout=30)
+    batch = "down" + uuid.uuid4().hex[:12]
+    pool = DockerPool(client, batch, ping_interval=0.1)
+    assert pool.restore({}) == []
+    ex = DockerExecutor(Repository(tmp_path / "repo"), tmp_path / "execs", client, batch_id=batch)
+    pool.request("r1", ONE, ONE)
+    pool.request("r2", ONE, ONE)
+    got = poll_until(pool, lambda g: len(g) == 2)
+    assert {e.alloc_id for e in got if isinstance(e, AllocGranted)} == {"a1", "a2"}
+    ex.put(sleeper("e1", "a1"))
+
+    engine2.stop()
+    got = poll_until(pool, lambda g: len(g) >= 2)
+    assert sorted(e.alloc_id for e in got if isinstance(e, AllocDied)) == ["a1", "a2"]
+    assert all("stopped answering" in e.reason for e in got)  # type: ignore[union-attr]
+    lost = []
+    deadline = time.monotonic() + 20
+    while not lost and time.monotonic() < deadline:
+        lost = ex.poll(0.5)
+    assert [type(e) for e in lost] == [ExecLost] and ex.running() == 0
+    pool.request("r3", ONE, ONE)
+    time.sleep(0.3)
+    assert pool.poll() == []  # no grants while the engine is away
+    # A controller starting now sees its logged allocs die.
+    fresh = DockerPool(client, batch, resources=Resources(2, 4 * GiB))
+    assert [type(e) for e in fresh.restore({"a9": ONE})] == [AllocDied]
+
+    engine2.start()
+    got = poll_until(pool, lambda g: any(isinstance(e, AllocGranted) for e in g))
+    assert got == [AllocGranted(alloc_id="a3", request_id="r3", resources=ONE)]
+    # The container of the dead alloc (exited with its engine) was collected.
+    assert batch_containers(client, batch) == []
+    assert any(name.endswith("-e1") for name in pool.collected)
+    ex.close()
+    client.close()
