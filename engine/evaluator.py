@@ -96,6 +96,9 @@ class Evaluator:
         self.by_key: dict[str, str] = {}  # key -> task id in flight
         self.active: dict[str, RunEval] = {}
         self.pending_cache: list[tuple[str, dict[str, FileRef]]] = []
+        # Results the log holds (a crash may have come before they reached the cache index).
+        self.known: dict[str, dict[str, FileRef]] = {}
+        self.task_key: dict[str, str] = {}
 
     # ------------------------------------------------------------ restore from the log
 
@@ -117,8 +120,13 @@ class Evaluator:
             self.key_count[ev.key] = self.key_count.get(ev.key, 0) + 1
             self.live_tasks.add(ev.task_id)
             self.by_key[ev.key] = ev.task_id
+            self.task_key[ev.task_id] = ev.key
         elif isinstance(ev, TaskFinished):
             self.live_tasks.discard(ev.task_id)
+            key = self.task_key.get(ev.task_id)
+            if ev.ok and key is not None:
+                self.known[key] = ev.result
+                self.pending_cache.append((key, ev.result))
 
     def needs_run(self, spec: RunSpec) -> bool:
         """False when the log has this run done with the same inputs."""
@@ -193,7 +201,7 @@ class Evaluator:
                     continue
                 key = exec_key(node, {k: r.digest for k, r in inputs.items()})
                 run.steps[self._step_name(run, node)] = key
-                hit = self.cache.get(key)
+                hit = self.known.get(key) or self.cache.get(key)
                 if hit is not None and all(self.repo.has(r) for r in hit.values()):
                     run.values[nid] = hit
                     run.steps_cached += 1
