@@ -195,6 +195,52 @@ def _resources(step: str, cpu: object, mem: object, disk: object, gpu: object) -
     return Resources(float(cpu), sizes["mem"], sizes["disk"], gpu)
 
 
+@functools.lru_cache(maxsize=4096)
+def _check_shape(
+    template: str, inputs: tuple[str, ...], outputs: tuple[tuple[str, str], ...], name: str
+) -> None:
+    used = set(_template_names(template))
+    outs = dict(outputs)
+    for kind, names in (("input", inputs), ("output", tuple(outs))):
+        for n in names:
+            if not isinstance(n, str) or not n.isidentifier():
+                raise GraphError(f"step {name!r}: {kind} name {n!r} is not an identifier")
+    both = sorted(set(inputs) & set(outs))
+    if both:
+        raise GraphError(f"step {name!r}: {both[0]!r} is both an input and an output")
+    unknown = sorted(used - set(inputs) - set(outs))
+    if unknown:
+        raise GraphError(
+            f"step {name!r}: command uses {{{unknown[0]}}} but it is neither an input nor an "
+            f"output (inputs: {sorted(inputs)}, outputs: {sorted(outs)})"
+        )
+    for kind, names in (("input", inputs), ("output", tuple(outs))):
+        for n in names:
+            if n not in used:
+                raise GraphError(f"step {name!r}: {kind} {n!r} is not used in the command")
+    for n, k in outputs:
+        if k not in KINDS:
+            raise GraphError(f"step {name!r}: output {n!r} must be rf.FILE or rf.DIR, got {k!r}")
+
+
+@functools.lru_cache(maxsize=4096, typed=True)
+def _check_options(
+    image: str | None, env: tuple[tuple[str, str], ...], network: bool, name: str
+) -> None:
+    if image is not None and (not isinstance(image, str) or not image.strip()):
+        raise GraphError(f"step {name!r}: image must be a non-empty string or None, got {image!r}")
+    for k, v in env:
+        if not isinstance(k, str) or not k or "=" in k or "\0" in k:
+            raise GraphError(f"step {name!r}: env name {k!r} is not valid")
+        if not isinstance(v, str):
+            raise GraphError(f"step {name!r}: env {k}={v!r} must be a string")
+    if not isinstance(network, bool):
+        raise GraphError(f"step {name!r}: network must be True or False, got {network!r}")
+
+
+_cached_resources = functools.lru_cache(maxsize=1024, typed=True)(_resources)
+
+
 def exec(
     template: str,
     inputs: Mapping[str, Value] | None = None,
@@ -219,40 +265,19 @@ def exec(
         raise GraphError(f"rf.exec name must be a non-empty string, got {name!r}")
     inputs = dict(inputs or {})
     outputs = dict(outputs or {})
-    used = set(_template_names(template))
-    for kind, names in (("input", inputs), ("output", outputs)):
-        for n in names:
-            if not isinstance(n, str) or not n.isidentifier():
-                raise GraphError(f"step {name!r}: {kind} name {n!r} is not an identifier")
-    both = sorted(set(inputs) & set(outputs))
-    if both:
-        raise GraphError(f"step {name!r}: {both[0]!r} is both an input and an output")
-    unknown = sorted(used - set(inputs) - set(outputs))
-    if unknown:
-        raise GraphError(
-            f"step {name!r}: command uses {{{unknown[0]}}} but it is neither an input nor an "
-            f"output (inputs: {sorted(inputs)}, outputs: {sorted(outputs)})"
-        )
-    for kind, names in (("input", inputs), ("output", outputs)):
-        for n in names:
-            if n not in used:
-                raise GraphError(f"step {name!r}: {kind} {n!r} is not used in the command")
+    envd = dict(env or {})
+    try:  # the shape of a step repeats on every row: check each distinct one once
+        _check_shape(template, tuple(inputs), tuple(outputs.items()), name)
+        _check_options(image, tuple(envd.items()), network, name)
+    except TypeError:  # unhashable names, kinds or env values: check without the cache
+        _check_shape.__wrapped__(template, tuple(inputs), tuple(outputs.items()), name)
+        _check_options.__wrapped__(image, tuple(envd.items()), network, name)
     for n, v in inputs.items():
         _check_value(name, n, v)
-    for n, k in outputs.items():
-        if k not in KINDS:
-            raise GraphError(f"step {name!r}: output {n!r} must be rf.FILE or rf.DIR, got {k!r}")
-    if image is not None and (not isinstance(image, str) or not image.strip()):
-        raise GraphError(f"step {name!r}: image must be a non-empty string or None, got {image!r}")
-    envd = dict(env or {})
-    for k, v in envd.items():
-        if not isinstance(k, str) or not k or "=" in k or "\0" in k:
-            raise GraphError(f"step {name!r}: env name {k!r} is not valid")
-        if not isinstance(v, str):
-            raise GraphError(f"step {name!r}: env {k}={v!r} must be a string")
-    if not isinstance(network, bool):
-        raise GraphError(f"step {name!r}: network must be True or False, got {network!r}")
-    res = _resources(name, cpu, mem, disk, gpu)
+    try:
+        res = _cached_resources(name, cpu, mem, disk, gpu)
+    except TypeError:  # e.g. mem=[1]: unhashable, let the check say what is wrong
+        res = _resources(name, cpu, mem, disk, gpu)
     return ExecNode(template, inputs, outputs, image, res, envd, network, name)
 
 
@@ -267,27 +292,42 @@ def scalar_text(value: Scalar) -> str:
     raise TypeError(f"not a scalar: {value!r}")
 
 
+@functools.lru_cache(maxsize=4096)
+def _static_key(
+    image: str | None,
+    template: str,
+    outputs: tuple[tuple[str, str], ...],
+    env: tuple[tuple[str, str], ...],
+    network: bool,
+) -> str:
+    doc = {
+        "salt": KEY_SALT,
+        "image": image,
+        "template": template,
+        "outputs": sorted(outputs),
+        "env": sorted(env),
+        "network": network,
+    }
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def exec_key(node: ExecNode, input_digests: Mapping[str, str]) -> str:
     """The step's cache key: sha256 of what determines its outputs (not resources, not name)."""
-    ins: dict[str, list[str]] = {}
+    ins: list[tuple[str, str, str]] = []
     for n, v in node.inputs.items():
         if isinstance(v, (FileNode, OutputRef)):
             digest = input_digests.get(n)
             if not digest:
                 raise GraphError(f"step {node.name!r}: no digest given for input {n!r}")
-            ins[n] = [v.kind, digest]
+            ins.append((n, v.kind, digest))
         else:
-            ins[n] = ["s", scalar_text(v)]
-    doc = {
-        "salt": KEY_SALT,
-        "image": node.image,
-        "template": node.template,
-        "inputs": ins,
-        "outputs": sorted(node.outputs.items()),
-        "env": node.env,
-        "network": node.network,
-    }
-    text = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+            ins.append((n, "s", scalar_text(v)))
+    ins.sort()
+    static = _static_key(
+        node.image, node.template, tuple(node.outputs.items()), tuple(node.env.items()),
+        node.network,
+    )
+    text = static + json.dumps(ins, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode()).hexdigest()
 
 

@@ -62,7 +62,7 @@ def _records(path: str, text: str) -> Iterator[tuple[int, list[str]]]:
             return
         except csv.Error as e:
             raise SheetError(path, f"malformed CSV: {e}", row=start) from None
-        if any(f.strip() for f in fields):
+        if (fields and fields[0].strip()) or any(f.strip() for f in fields):
             yield start, fields
         start = reader.line_num + 1
 
@@ -106,7 +106,8 @@ def _check_id(path: str, run_id: str, line: int, column: str) -> None:
     if (
         run_id != run_id.strip()
         or run_id in (".", "..")
-        or any(c in run_id for c in "/\\\0")
+        or "/" in run_id
+        or "\\" in run_id
         or not run_id.isprintable()
     ):
         raise SheetError(

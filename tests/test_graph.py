@@ -329,3 +329,18 @@ def test_walk_long_chain_has_no_recursion_limit() -> None:
     for _ in range(5000):
         node = count(node["out"])
     assert len(walk({"x": node["out"]})) == 5001
+
+
+def test_validation_caches_do_not_confuse_equal_values_of_other_types() -> None:
+    # True == 1 and hash alike: a cached check for cpu=1/network=True must not pass cpu=True
+    count(rf.file("/a"), cpu=1, network=True)
+    with pytest.raises(GraphError, match="cpu=True"):
+        count(rf.file("/a"), cpu=True)
+    with pytest.raises(GraphError, match="network must be True or False, got 1"):
+        count(rf.file("/a"), network=1)
+
+
+def test_errors_repeat_for_the_same_bad_step() -> None:
+    for _ in range(2):
+        with pytest.raises(GraphError, match="input 'b' is not used"):
+            rf.exec("cat {a} > {o}", inputs={"a": "x", "b": "y"}, outputs={"o": rf.FILE})
