@@ -28,7 +28,6 @@ SHELL = "/bin/sh"
 MARKER = "REFLOWES_EXEC"  # in every step's environment: how recover() knows a pid is ours
 TAIL_LINES = 20
 _TAIL_BYTES = 8192
-_OUT_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
 # An allocation failing under RLIMIT_AS shows up as an error message, not a signal.
 _OOM_TEXT = re.compile(
     rb"MemoryError|Cannot allocate memory|out of memory|bad_alloc|memory exhausted|"
@@ -83,11 +82,21 @@ class LocalExecutor:
         self._ready: list[Event] = []  # outcomes decided at put time (staging failures)
         self._poller = select.poll()
         self._guardian: subprocess.Popen[bytes] | None = None
+        self._guard_buf: list[bytes] = []
         self._path = os.environ.get("PATH") or os.defpath
+        self._null_fds = [(os.POSIX_SPAWN_OPEN, fd, os.devnull, os.O_RDWR, 0) for fd in (0, 1, 2)]
 
     # ------------------------------------------------------------ the guardian
 
     def _guard(self, line: bytes) -> None:
+        """Tell the guardian about a group ("+pgid") or that it ended ("-pgid"); buffered
+        until the next poll so a busy loop makes one write per poll, not two per exec."""
+        self._guard_buf.append(line)
+
+    def _guard_flush(self) -> None:
+        if not self._guard_buf:
+            return
+        data, self._guard_buf = b"".join(self._guard_buf), []
         g = self._guardian
         if g is None:
             g = self._guardian = subprocess.Popen(
@@ -97,10 +106,11 @@ class LocalExecutor:
             )
         assert g.stdin is not None
         try:
-            g.stdin.write(line)
-        except BrokenPipeError:  # the guardian was killed: start another one
+            g.stdin.write(data)
+        except BrokenPipeError:  # the guardian was killed: start another for the live groups
             self._guardian = None
-            self._guard(b"".join(b"+%d\n" % e.pid for e in self._live.values()))
+            self._guard_buf = [b"+%d\n" % e.pid for e in self._live.values()]
+            self._guard_flush()
 
     # ------------------------------------------------------------ put
 
@@ -116,8 +126,11 @@ class LocalExecutor:
             _kill_marked(spec.exec_id)
             shutil.rmtree(d)
             os.mkdir(d)
-        for sub in ("in", "out", "tmp"):
-            os.mkdir(f"{d}/{sub}")
+        # Every mkdir costs (metadata ops are slow on a busy disk): only the dirs needed.
+        if spec.inputs:
+            os.mkdir(f"{d}/in")
+        if spec.outputs:
+            os.mkdir(f"{d}/out")
         values: dict[str, str] = dict(spec.scalars)
         try:
             for name, ref in spec.inputs.items():
@@ -133,20 +146,16 @@ class LocalExecutor:
         except (KeyError, IndexError, ValueError) as e:
             return self._failed(spec, d, f"cannot render the command: {e!r}")
         limit = spec.resources.mem
-        prologue = f"cd {shlex.quote(d)} || exit 126\n"
+        # The child creates its own log files (after exec, in the prologue): creating files is
+        # slow on a busy disk and posix_spawn blocks the controller until the exec.
+        prologue = f"cd {shlex.quote(d)} || exit 126\nexec >stdout 2>stderr\n"
         if limit > 0:
             prologue += f"ulimit -v {max(limit >> 10, 1)} 2>/dev/null\n"
-        env = {"PATH": self._path, "HOME": d, "TMPDIR": f"{d}/tmp"}
+        env = {"PATH": self._path, "HOME": d, "TMPDIR": d}
         env.update(spec.env)
         env[MARKER] = spec.exec_id
-        pid = os.posix_spawn(
-            SHELL, [SHELL, "-c", prologue + cmd], env, setpgroup=0,
-            file_actions=[
-                (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
-                (os.POSIX_SPAWN_OPEN, 1, f"{d}/stdout", _OUT_FLAGS, 0o644),
-                (os.POSIX_SPAWN_OPEN, 2, f"{d}/stderr", _OUT_FLAGS, 0o644),
-            ],
-        )
+        pid = os.posix_spawn(SHELL, [SHELL, "-c", prologue + cmd], env, setpgroup=0,
+                             file_actions=self._null_fds)
         self._guard(b"+%d\n" % pid)
         pidfd = os.pidfd_open(pid)
         self._live[pidfd] = _Exec(spec, d, pid, pidfd, limit)
@@ -169,6 +178,7 @@ class LocalExecutor:
 
     def poll(self, timeout: float) -> list[Event]:
         """Outcomes of the execs that ended, waiting up to `timeout` seconds for the first."""
+        self._guard_flush()
         out, self._ready = self._ready, []
         if out:
             timeout = 0
@@ -292,6 +302,7 @@ class LocalExecutor:
             except ChildProcessError:
                 pass
             self._forget(ex)
+        self._guard_flush()
         g, self._guardian = self._guardian, None
         if g is not None:
             assert g.stdin is not None

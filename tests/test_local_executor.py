@@ -133,7 +133,7 @@ def test_env_is_minimal_and_private(ex: LocalExecutor, repo: Repository,
     assert isinstance(done, ExecExited)
     d = f"{ex.workdir}/e4"
     assert repo.read_bytes(done.result["out"]).decode().split() == [
-        "unset", d, f"{d}/tmp", "mine", d]
+        "unset", d, d, "mine", d]
 
 
 def test_nonzero_exit_carries_stderr_tail(ex: LocalExecutor) -> None:
@@ -219,14 +219,19 @@ def test_recover_dead_and_live_pids(ex: LocalExecutor, repo: Repository, tmp_pat
     assert [type(e) for e in lost] == [ExecLost]
     assert ex.recover("none", "t", None)[0].reason  # type: ignore[union-attr]
     # a process of an earlier controller, still running: killed, reported lost
+    old = f"old-{os.getpid()}-{time.monotonic_ns()}"
     other = LocalExecutor(repo, tmp_path / "execs")
-    created = other.put(spec("old", "sleep 300"))[0]
-    assert isinstance(created, ExecCreated)
-    events = ex.recover("old", "t-old", created.handle)
-    assert isinstance(events[0], ExecLost) and "killed" in events[0].reason
-    run_all(other)  # `other` reaps what recover killed
-    assert gone({"old"})
-    other.close()
+    try:
+        created = other.put(spec(old, "sleep 300"))[0]
+        assert isinstance(created, ExecCreated)
+        while not marked_pids({old}):  # the environment shows once exec is complete
+            time.sleep(0.01)
+        events = ex.recover(old, "t-old", created.handle)
+        assert isinstance(events[0], ExecLost) and "killed" in events[0].reason
+        assert gone({old})
+        run_all(other)  # `other` reaps what recover killed
+    finally:
+        other.close()
     # a pid that is alive but not ours is left alone
     bystander = subprocess.Popen(["sleep", "30"])
     try:
