@@ -236,6 +236,8 @@ def load_program(path: str | os.PathLike[str]) -> Program:
     module = types.ModuleType(name)
     module.__file__ = path
     sys.modules[name] = module  # so dataclasses/pickle inside the program can find it
+    # As `python pipeline.py` would, let the program import modules that sit beside it.
+    sys.path.insert(0, os.path.dirname(path))
     try:
         exec(code, module.__dict__)  # noqa: S102 - running the user's program is the point
     except (Exception, SystemExit) as e:
@@ -245,6 +247,8 @@ def load_program(path: str | os.PathLike[str]) -> Program:
         raise ProgramError(
             path, f"failed while importing{where}: {type(e).__name__}: {e}"
         ) from e
+    finally:
+        sys.path.remove(os.path.dirname(path))
     main = module.__dict__.get("main")
     if main is None:
         raise ProgramError(path, "defines no main(); add def main(...) that builds the steps")

@@ -349,3 +349,18 @@ def test_example_data_is_reproducible(tmp_path: pathlib.Path) -> None:
     assert made == sorted(p.name for p in (EXAMPLE / "data").iterdir())
     for name in made:
         assert (tmp_path / "data" / name).read_bytes() == (EXAMPLE / "data" / name).read_bytes()
+
+
+def test_program_imports_modules_beside_it(tmp_path: pathlib.Path) -> None:
+    import sys
+
+    write(tmp_path, "SUFFIX = '.counts'\n", "rfx_helper_mod.py")
+    prog = load_program(write(tmp_path, """
+        import reflowes as rf
+        from rfx_helper_mod import SUFFIX
+        def main(x):
+            return rf.file(x + SUFFIX)
+    """))
+    assert str(tmp_path) not in sys.path  # only while importing
+    assert prog.call({"x": "a"}, run_id="r", base=str(tmp_path))["result"].source == str(
+        tmp_path / "a.counts")  # type: ignore[union-attr]
