@@ -344,3 +344,41 @@ def test_errors_repeat_for_the_same_bad_step() -> None:
     for _ in range(2):
         with pytest.raises(GraphError, match="input 'b' is not used"):
             rf.exec("cat {a} > {o}", inputs={"a": "x", "b": "y"}, outputs={"o": rf.FILE})
+
+
+def test_key_ignores_dict_order() -> None:
+    t = "cat {a} {b} > {x} && cp {a} {y}"
+    one = rf.exec(t, inputs={"a": rf.file("/a"), "b": 1}, outputs={"x": rf.FILE, "y": rf.DIR},
+                  env={"A": "1", "B": "2"})
+    two = rf.exec(t, inputs={"b": 1, "a": rf.file("/a")}, outputs={"y": rf.DIR, "x": rf.FILE},
+                  env={"B": "2", "A": "1"})
+    assert exec_key(one, {"a": "d"}) == exec_key(two, {"a": "d"})
+
+
+input_value = st.one_of(
+    st.tuples(st.just("f"), st.text(min_size=1, max_size=8)),  # a file input by digest
+    st.text(max_size=8), st.integers(-5, 5), st.booleans(), st.floats(allow_nan=False),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(input_value, min_size=2, max_size=2), st.lists(input_value, min_size=2,
+                                                                max_size=2))
+def test_key_is_injective_on_what_the_step_sees(a: list[object], b: list[object]) -> None:
+    def key(values: list[object]) -> tuple[str, tuple[tuple[str, str], ...]]:
+        inputs: dict[str, object] = {}
+        digests: dict[str, str] = {}
+        seen = []
+        for i, v in enumerate(values):
+            if isinstance(v, tuple):
+                inputs[f"i{i}"], digests[f"i{i}"] = rf.file("/x"), v[1]
+                seen.append(("file", v[1]))
+            else:
+                inputs[f"i{i}"] = v
+                seen.append(("s", scalar_text(v)))  # type: ignore[arg-type]
+        node = rf.exec("cat {i0} {i1} > {out}", inputs=inputs,  # type: ignore[arg-type]
+                       outputs={"out": rf.FILE})
+        return exec_key(node, digests), tuple(seen)
+
+    (ka, sa), (kb, sb) = key(a), key(b)
+    assert (ka == kb) == (sa == sb)
