@@ -37,6 +37,8 @@ class Sheet:
 
 
 def _decode(path: str, data: bytes) -> str:
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise SheetError(path, "the file is UTF-16 (e.g. 'Unicode text'); re-save it as CSV UTF-8")
     offset = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
     try:
         return data[offset:].decode("utf-8")
@@ -69,6 +71,15 @@ def _records(path: str, text: str) -> Iterator[tuple[int, list[str]]]:
 
 def _header(path: str, fields: list[str], line: int) -> list[str]:
     columns = [f.strip() for f in fields]
+    if len(columns) == 1:
+        for sep, what in (("\t", "tab"), (";", "semicolon")):
+            if sep in columns[0]:
+                raise SheetError(
+                    path,
+                    f"the header looks {what}-separated; reflowes reads comma-separated CSV "
+                    "(re-save it as CSV, or replace the separators with commas)",
+                    row=line,
+                )
     seen: dict[str, int] = {}
     for i, name in enumerate(columns, 1):
         if not name:

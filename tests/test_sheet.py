@@ -192,3 +192,15 @@ def test_round_trip_of_written_csv(rows: list[list[str]], newline: str, bom: boo
     lines = list(io.StringIO(text, newline=""))  # the physical lines csv counts
     for r in s.rows:
         assert lines[r.line - 1].lstrip("\"").startswith(r.id + ("\"" if bare_cr else ","))
+
+
+@pytest.mark.parametrize(("data", "what"), [("sample\tfastq_1\nA\ta.fq\n", "tab"),
+                                             ("sample;fastq_1\nA;a.fq\n", "semicolon")])
+def test_other_separators_are_named(tmp_path: pathlib.Path, data: str, what: str) -> None:
+    e = fails(tmp_path, data)
+    assert e.row == 1 and f"looks {what}-separated" in str(e)
+
+
+def test_utf16_file(tmp_path: pathlib.Path) -> None:
+    e = fails(tmp_path, "sample,reads\nA,a.fq\n".encode("utf-16"))
+    assert "UTF-16" in str(e) and "UTF-8" in str(e)
