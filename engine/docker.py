@@ -1,7 +1,7 @@
 """The Docker executor: each exec is one container on the engine at DOCKER_HOST (docker SDK only).
 
 Containers are named and labelled from the batch and exec ids, so `put` and `recover` find them
-again after a controller crash; a waiter thread per container reports its exit through `poll`.
+again after a controller crash; a thread per container starts it, waits, and harvests its exit.
 """
 
 from __future__ import annotations
@@ -12,13 +12,14 @@ import os
 import queue
 import shutil
 import threading
+import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import attrs
 import docker
 import docker.errors
-from docker.models.containers import Container
 from docker.types import Mount
 from reflowes.engine.dockerpool import (
     GONE,
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 
 LABEL_OUTPUTS = "reflowes.outputs"  # "name:kind,..." so a harvest needs nothing but the container
 CTL = "/.reflowes"  # in-container dir holding the wrapper's stdout, stderr and meta files
+DEFAULT_IMAGE = "local/busybox:1"
 
 # PID 1 of every container: runs the step as a child (so an OOM kill usually hits the step, not
 # us), then records its exit code, the cgroup's peak memory and OOM-kill counter (v1 and v2).
@@ -53,16 +55,24 @@ exit $rc"""
 
 @attrs.define
 class _Live:
-    """An exec this executor watches: its container, and whether we killed it ourselves."""
+    """An exec this executor watches, with what its harvest needs."""
 
     exec_id: str
     task_id: str
-    container: Container
+    cid: str
+    outputs: str  # the LABEL_OUTPUTS value
+    mem_limit: int
+    start: bool  # the container still has to be started (by the watcher)
     killed: bool = False
 
 
 class DockerExecutor:
-    """Runs ExecSpecs as containers; idempotent by exec id through the container's name."""
+    """Runs ExecSpecs as containers; idempotent by exec id through the container's name.
+
+    `put` creates the container and returns ExecCreated; ExecStarted and the outcome
+    (ExecExited/ExecLost) come through `poll`, in that order, so `put` never waits on the
+    engine's slow part (a container start costs 0.3-0.7 s here, mostly its network namespace).
+    """
 
     kind = "docker"
 
@@ -72,11 +82,12 @@ class DockerExecutor:
             raise ValueError("DockerExecutor needs a batch_id (it names and labels containers)")
         self.repo, self.workdir, self.batch_id = repo, Path(workdir), batch_id
         self.client = client if client is not None else connect()
+        self.api = self.client.api
         self._own_client = client is None
         self._live: dict[str, _Live] = {}
-        self._outcomes: queue.Queue[tuple[str, Event | None]] = queue.Queue()
-        self._pending = 0  # outcomes queued by put itself (no container), not yet polled
-        self._lock = threading.Lock()  # guards _live and the repository
+        self._queue: queue.Queue[tuple[str, Event | None, bool]] = queue.Queue()
+        self._pending = 0  # failures queued by put itself (no container), not yet polled
+        self._lock = threading.Lock()  # guards _live, _pending and the repository
         self._images: set[str] = set()
         self._closed = False
         self.uid_gid = f"{os.getuid()}:{os.getgid()}"
@@ -84,7 +95,7 @@ class DockerExecutor:
     # ------------------------------------------------------------ the Executor contract
 
     def put(self, spec: ExecSpec) -> list[Event]:
-        """Create and start the exec's container unless it exists; ExecCreated + ExecStarted."""
+        """Create the exec's container (started by its watcher) unless it exists."""
         if spec.exec_id in self._live:
             return []
         d = self.workdir / spec.exec_id
@@ -92,73 +103,29 @@ class DockerExecutor:
         # One put per exec id at a time, across controllers: the loser finds the container.
         with open(d / ".lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            return self._put_locked(spec, d)
-
-    def _put_locked(self, spec: ExecSpec, d: Path) -> list[Event]:
-        name = container_name(self.batch_id, spec.exec_id)
-        existing = self._find(spec.exec_id)
-        if existing is not None:
-            return self._adopt(existing, spec.exec_id, spec.task_id)
-        image = spec.image or "local/busybox:1"
-        why = self._ensure_image(image)
-        if why is not None:
-            return self._fail_later(spec, 125, why, {"image": image})
-        mounts, values = self._stage(spec, d)
-        cmd = render(spec.template, values)
-        res = spec.resources
-        kwargs: dict[str, Any] = {
-            "image": image, "command": ["sh", "-c", WRAPPER, "reflowes", cmd], "name": name,
-            "labels": self._labels(spec), "mounts": mounts, "user": self.uid_gid,
-            "working_dir": "/tmp", "network_mode": "host" if spec.network else "none",
-            "environment": dict(spec.env), "detach": True}
-        if res.mem > 0:
-            kwargs.update(mem_limit=res.mem, memswap_limit=res.mem)
-        if res.cpu > 0:
-            kwargs["nano_cpus"] = int(res.cpu * 1e9)
-        try:
-            c = self.client.containers.create(**kwargs)
-        except docker.errors.APIError as e:
-            if e.status_code == 409:  # another put of the same exec won the race
-                found = self._find(spec.exec_id)
+            if (d / "meta").exists():  # staged by an earlier put, which may have created it
+                found = self._inspect(spec.exec_id)
                 if found is not None:
                     return self._adopt(found, spec.exec_id, spec.task_id)
-            return self._fail_later(spec, 125, f"cannot create container: {e.explanation or e}",
-                                    {"image": image, "cmd": cmd})
-        created = ExecCreated(
-            exec_id=spec.exec_id, task_id=spec.task_id, alloc_id=spec.alloc_id,
-            executor=self.kind, handle=c.id, resources=res,
-            config={"image": image, "cmd": cmd, "name": name,
-                    "mounts": [f"{m['Source']}:{m['Target']}:{'ro' if m['ReadOnly'] else 'rw'}"
-                               for m in mounts],
-                    "mem_limit": res.mem, "nano_cpus": kwargs.get("nano_cpus", 0),
-                    "network_mode": kwargs["network_mode"]})
-        try:
-            c.start()
-        except docker.errors.APIError as e:
-            self._remove(c)
-            self._fail_later(spec, 127, f"cannot start container: {e.explanation or e}", {})
-            return [created]
-        self._watch(_Live(spec.exec_id, spec.task_id, c))
-        return [created, ExecStarted(exec_id=spec.exec_id, task_id=spec.task_id)]
+            return self._create(spec, d)
 
     def poll(self, timeout: float) -> list[Event]:
-        """Outcomes of containers that exited (already harvested), waiting up to `timeout`."""
+        """ExecStarted and outcomes (harvested already), waiting up to `timeout` for the first."""
         out: list[Event] = []
         try:
-            item = self._outcomes.get(timeout=timeout) if timeout > 0 else \
-                self._outcomes.get_nowait()
+            item = self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
         except queue.Empty:
             return out
         while True:
-            exec_id, ev = item
+            exec_id, ev, final = item
             with self._lock:
-                live = self._live.pop(exec_id, None)
-                if live is None:
+                live = self._live.pop(exec_id, None) if final else self._live.get(exec_id)
+                if final and live is None:
                     self._pending -= 1
             if ev is not None and not (live is not None and live.killed):
                 out.append(ev)
             try:
-                item = self._outcomes.get_nowait()
+                item = self._queue.get_nowait()
             except queue.Empty:
                 return out
 
@@ -166,25 +133,23 @@ class DockerExecutor:
         """Re-attach to a running container, harvest an exited one now, or report it lost."""
         if exec_id in self._live:
             return []
-        c = self._find(exec_id)
-        if c is None:
+        attrs_ = self._inspect(exec_id)
+        if attrs_ is None:
             return [ExecLost(exec_id=exec_id, task_id=task_id,
                              reason=f"container {container_name(self.batch_id, exec_id)} "
                                     "not found on the engine")]
-        status = c.status
-        if status in ("exited", "dead"):
-            return [self._harvest(c, exec_id, task_id)]
-        return self._adopt(c, exec_id, task_id)
+        if attrs_["State"]["Status"] in ("exited", "dead"):
+            live = _live_of(attrs_, exec_id, task_id)
+            return [self._harvest(live, attrs_["State"], None)]
+        return self._adopt(attrs_, exec_id, task_id)
 
     def kill(self, exec_id: str) -> None:
-        """Remove the exec's container; its outcome is dropped."""
+        """Remove the exec's container; nothing more is reported for it."""
         with self._lock:
             live = self._live.get(exec_id)
             if live is not None:
                 live.killed = True
-        c = live.container if live is not None else self._find(exec_id)
-        if c is not None:
-            self._remove(c)
+        self._remove(live.cid if live is not None else container_name(self.batch_id, exec_id))
 
     def running(self) -> int:
         """Execs in flight, counting outcomes not yet returned by poll."""
@@ -197,12 +162,52 @@ class DockerExecutor:
         if self._own_client:
             self.client.close()
 
-    # ------------------------------------------------------------ staging and creation
+    # ------------------------------------------------------------ creation
 
-    def _labels(self, spec: ExecSpec) -> dict[str, str]:
-        return {LABEL_BATCH: self.batch_id, LABEL_EXEC: spec.exec_id, LABEL_TASK: spec.task_id,
-                LABEL_ALLOC: spec.alloc_id,
-                LABEL_OUTPUTS: ",".join(f"{k}:{v}" for k, v in sorted(spec.outputs.items()))}
+    def _create(self, spec: ExecSpec, d: Path) -> list[Event]:
+        image = spec.image or DEFAULT_IMAGE
+        why = self._ensure_image(image)
+        if why is not None:
+            return self._fail_later(spec, 125, why, {"image": image})
+        mounts, values = self._stage(spec, d)
+        try:
+            cmd = render(spec.template, values)
+        except (KeyError, IndexError, ValueError) as e:
+            return self._fail_later(spec, 125, f"cannot render the command: {e!r}",
+                                    {"image": image})
+        res, name, labels = spec.resources, container_name(self.batch_id, spec.exec_id), {
+            LABEL_BATCH: self.batch_id, LABEL_EXEC: spec.exec_id, LABEL_TASK: spec.task_id,
+            LABEL_ALLOC: spec.alloc_id,
+            LABEL_OUTPUTS: ",".join(f"{k}:{v}" for k, v in sorted(spec.outputs.items()))}
+        limits: dict[str, Any] = {}
+        if res.mem > 0:
+            limits.update(mem_limit=res.mem, memswap_limit=res.mem)
+        if res.cpu > 0:
+            limits["nano_cpus"] = int(res.cpu * 1e9)
+        network = "host" if spec.network else "none"
+        host_config = self.api.create_host_config(mounts=mounts, network_mode=network, **limits)
+        kwargs: dict[str, Any] = {
+            "image": image, "command": ["sh", "-c", WRAPPER, "reflowes", cmd], "name": name,
+            "labels": labels, "user": self.uid_gid, "working_dir": "/tmp",
+            "environment": dict(spec.env), "host_config": host_config}
+        try:
+            cid = self.api.create_container(**kwargs)["Id"]
+        except docker.errors.APIError as e:
+            if e.status_code != 409:
+                return self._fail_later(spec, 125, f"cannot create container: {e.explanation}",
+                                        {"image": image, "cmd": cmd})
+            # A stale container of this name whose exec dir is gone (e.g. a reset batch): its
+            # mounts point nowhere, so it can only fail; replace it.
+            self._remove(name)
+            cid = self.api.create_container(**kwargs)["Id"]
+        self._watch(_Live(spec.exec_id, spec.task_id, cid, labels[LABEL_OUTPUTS], res.mem, True))
+        return [ExecCreated(
+            exec_id=spec.exec_id, task_id=spec.task_id, alloc_id=spec.alloc_id,
+            executor=self.kind, handle=cid, resources=res,
+            config={"image": image, "cmd": cmd, "name": name, "network_mode": network,
+                    "mounts": [f"{m['Source']}:{m['Target']}:{'ro' if m['ReadOnly'] else 'rw'}"
+                               for m in mounts],
+                    "mem_limit": res.mem, "nano_cpus": limits.get("nano_cpus", 0)})]
 
     def _stage(self, spec: ExecSpec, d: Path) -> tuple[list[Mount], dict[str, str]]:
         """Fresh in/ (inputs linked in), out/, stdout, stderr, meta; the mounts and the values
@@ -231,7 +236,7 @@ class DockerExecutor:
         if image in self._images:
             return None
         try:
-            self.client.images.get(image)
+            self.api.inspect_image(image)
         except docker.errors.ImageNotFound:
             try:
                 self.client.images.pull(image)
@@ -243,112 +248,128 @@ class DockerExecutor:
 
     def _fail_later(self, spec: ExecSpec, code: int, error: str,
                     config: dict[str, Any]) -> list[Event]:
-        """An exec that could not even start: ExecCreated (no handle) now, its ExecExited
+        """An exec that could not even be created: ExecCreated (no handle) now, its ExecExited
         through the next poll (as the local executor does)."""
         log.warning("exec %s: %s", spec.exec_id, error)
         with self._lock:
             self._pending += 1
-        self._outcomes.put((spec.exec_id, ExecExited(
+        self._queue.put((spec.exec_id, ExecExited(
             exec_id=spec.exec_id, task_id=spec.task_id, exit_code=code, error=error,
-            stderr_tail=error)))
-        if not config:
-            return []
+            stderr_tail=error), True))
         return [ExecCreated(exec_id=spec.exec_id, task_id=spec.task_id, alloc_id=spec.alloc_id,
                             executor=self.kind, handle="", config=config,
                             resources=spec.resources)]
 
-    def _find(self, exec_id: str) -> Container | None:
+    def _inspect(self, exec_id: str) -> dict[str, Any] | None:
         try:
-            return self.client.containers.get(container_name(self.batch_id, exec_id))
+            found: dict[str, Any] = self.api.inspect_container(
+                container_name(self.batch_id, exec_id))
+            return found
         except docker.errors.NotFound:
             return None
 
-    def _adopt(self, c: Container, exec_id: str, task_id: str) -> list[Event]:
-        """Watch a container that already exists; start it if it never was."""
-        events: list[Event] = []
-        if c.status == "created":
-            c.start()
-            events.append(ExecStarted(exec_id=exec_id, task_id=task_id))
-        self._watch(_Live(exec_id, task_id, c))
-        return events
+    def _adopt(self, attrs_: dict[str, Any], exec_id: str, task_id: str) -> list[Event]:
+        """Watch a container that already exists (started by the watcher if it never was)."""
+        live = _live_of(attrs_, exec_id, task_id)
+        live.start = attrs_["State"]["Status"] == "created"
+        self._watch(live)
+        return []
 
-    def _remove(self, c: Container) -> None:
+    def _remove(self, cid: str) -> None:
         try:
-            c.remove(force=True)
+            self.api.remove_container(cid, force=True)
         except docker.errors.NotFound:
             pass
         except docker.errors.APIError as e:
             if e.status_code != 409:  # 409: removal already in progress
                 raise
 
-    # ------------------------------------------------------------ waiting and harvesting
+    # ------------------------------------------------------------ watching and harvesting
 
     def _watch(self, live: _Live) -> None:
         with self._lock:
             self._live[live.exec_id] = live
-        threading.Thread(target=self._wait, args=(live,), daemon=True,
-                         name=f"wait-{live.exec_id[:12]}").start()
+        threading.Thread(target=self._run, args=(live,), daemon=True,
+                         name=f"docker-{live.exec_id[:12]}").start()
 
-    def _wait(self, live: _Live) -> None:
-        """Block until the container exits, then harvest it into an outcome."""
+    def _run(self, live: _Live) -> None:
+        """Start the container if need be, wait for its exit, harvest it into an outcome."""
         ev: Event | None
+        t0 = time.monotonic()
         try:
-            self.client.api.wait(live.container.id, timeout=None)
+            if live.start:
+                try:
+                    self.api.start(live.cid)
+                except docker.errors.APIError as e:
+                    if e.status_code == 404:
+                        raise
+                    self._remove(live.cid)
+                    self._emit(live, ExecExited(
+                        exec_id=live.exec_id, task_id=live.task_id, exit_code=127,
+                        error=f"cannot start container: {e.explanation}"), True)
+                    return
+                t0 = time.monotonic()
+                self._emit(live, ExecStarted(exec_id=live.exec_id, task_id=live.task_id), False)
+            code = int(self.api.wait(live.cid, timeout=None)["StatusCode"])
         except docker.errors.NotFound:
-            ev = None if live.killed else ExecLost(
-                exec_id=live.exec_id, task_id=live.task_id, reason="container removed by someone")
+            self._emit(live, ExecLost(exec_id=live.exec_id, task_id=live.task_id,
+                                      reason="container removed by someone else"), True)
+            return
         except (docker.errors.DockerException, *GONE, OSError) as e:
             # The connection broke: the engine stopped or restarted (without live-restore the
             # container died with it). Whatever state it is in now, this attempt has no answer.
-            ev = None if (live.killed or self._closed) else ExecLost(
+            self._emit(live, ExecLost(
                 exec_id=live.exec_id, task_id=live.task_id,
-                reason=f"docker engine connection lost while waiting: {type(e).__name__}")
-        else:
-            if self._closed:  # the next controller harvests it (recover)
-                return
-            try:
-                ev = None if live.killed else self._harvest(
-                    live.container, live.exec_id, live.task_id)
-            except (docker.errors.DockerException, *GONE, OSError) as e:
-                ev = ExecLost(exec_id=live.exec_id, task_id=live.task_id,
-                              reason=f"harvest failed: {type(e).__name__}: {e}")
-        if not self._closed:
-            self._outcomes.put((live.exec_id, ev))
+                reason=f"docker engine connection lost while waiting: {type(e).__name__}"), True)
+            return
+        if self._closed or live.killed:  # closed: the next controller harvests it (recover)
+            self._emit(live, None, True)
+            return
+        try:
+            ev = self._harvest(live, {"ExitCode": code}, time.monotonic() - t0)
+        except (docker.errors.DockerException, *GONE, OSError) as e:
+            ev = ExecLost(exec_id=live.exec_id, task_id=live.task_id,
+                          reason=f"harvest failed: {type(e).__name__}: {e}")
+        self._emit(live, ev, True)
 
-    def _harvest(self, c: Container, exec_id: str, task_id: str) -> Event:
-        """ExecExited for an exited container: outputs hashed in, logs kept, container removed."""
-        c.reload()
-        state, labels = c.attrs["State"], c.attrs["Config"]["Labels"] or {}
-        mem_limit = int(c.attrs["HostConfig"].get("Memory") or 0)
-        d = self.workdir / exec_id
+    def _emit(self, live: _Live, ev: Event | None, final: bool) -> None:
+        if not self._closed:
+            self._queue.put((live.exec_id, None if live.killed else ev, final))
+
+    def _harvest(self, live: _Live, state: dict[str, Any], duration: float | None) -> Event:
+        """ExecExited for an exited container: outputs hashed in, logs kept, container removed.
+        `state` is docker's State (or just the exit code, inspected here when it may matter)."""
+        d = self.workdir / live.exec_id
         meta = _read_meta(d / "meta")
-        code = int(state.get("ExitCode", -1))
-        oom_kills = meta.get("oom_kill", 0)
-        oom = code != 0 and (bool(state.get("OOMKilled")) or oom_kills > 0
-                             or (code == 137 and mem_limit > 0))  # killed execs are never harvested
-        stderr_tail = _tail(d / "stderr")
+        code = int(state["ExitCode"])
+        if (code != 0 or "rc" not in meta) and "OOMKilled" not in state:
+            state = self.api.inspect_container(live.cid)["State"]
+        if duration is None:
+            duration = _duration(state.get("StartedAt"), state.get("FinishedAt"))
+        oom = code != 0 and (bool(state.get("OOMKilled")) or meta.get("oom_kill", 0) > 0
+                             or (code == 137 and live.mem_limit > 0))  # killed execs: no harvest
+        peak = meta.get("peak", 0)
         result: dict[str, FileRef] = {}
         error: str | None = None
         if code == 0:
             with self._lock:
-                result, error = self._collect(d / "out", labels.get(LABEL_OUTPUTS, ""))
+                result, error = self._collect(d / "out", live.outputs)
         elif oom:
-            error = (f"exited with status {code} (out of memory: limit {mem_limit} bytes, "
-                     f"peak {meta.get('peak', 0)})")
+            error = (f"exited with status {code} (out of memory: limit {live.mem_limit} bytes, "
+                     f"peak {peak})")
         else:
             error = f"exited with status {code}" + (
                 f": {state['Error']}" if state.get("Error") else "")
-        self._remove(c)
+        self._remove(live.cid)
         shutil.rmtree(d / "in", ignore_errors=True)
         shutil.rmtree(d / "out", ignore_errors=True)
-        return ExecExited(exec_id=exec_id, task_id=task_id, exit_code=code, oom=oom,
-                          peak_mem=meta.get("peak", 0), result=result, error=error,
-                          stderr_tail=stderr_tail,
-                          duration=_duration(state.get("StartedAt"), state.get("FinishedAt")))
+        return ExecExited(exec_id=live.exec_id, task_id=live.task_id, exit_code=code, oom=oom,
+                          peak_mem=peak, result=result, error=error,
+                          stderr_tail=_tail(d / "stderr"), duration=duration)
 
-    def _collect(self, out: Path, spec: str) -> tuple[dict[str, FileRef], str | None]:
+    def _collect(self, out: Path, outputs: str) -> tuple[dict[str, FileRef], str | None]:
         result: dict[str, FileRef] = {}
-        for item in filter(None, spec.split(",")):
+        for item in filter(None, outputs.split(",")):
             name, _, kind = item.partition(":")
             p = out / name
             if kind == "dir" and p.is_dir():
@@ -358,6 +379,12 @@ class DockerExecutor:
             else:
                 return {}, f"step produced no declared output {name!r} ({kind} at /out/{name})"
         return result, None
+
+
+def _live_of(attrs_: dict[str, Any], exec_id: str, task_id: str) -> _Live:
+    labels = attrs_["Config"].get("Labels") or {}
+    return _Live(exec_id, task_id, attrs_["Id"], labels.get(LABEL_OUTPUTS, ""),
+                 int(attrs_["HostConfig"].get("Memory") or 0), False)
 
 
 def _read_meta(path: Path) -> dict[str, int]:
@@ -386,13 +413,9 @@ def _tail(path: Path, lines: int = 20, limit: int = 8192) -> str:
 def _duration(started: str | None, finished: str | None) -> float:
     """Seconds between docker's RFC 3339 nanosecond timestamps (0.0 when unknown)."""
     def parse(ts: str) -> float:
-        from datetime import datetime
-
         base, _, frac = ts.rstrip("Z").partition(".")
-        t = datetime.fromisoformat(base + "+00:00").timestamp()
-        return t + float("0." + (frac or "0"))
+        return datetime.fromisoformat(base + "+00:00").timestamp() + float("0." + (frac or "0"))
     try:
         return max(0.0, parse(finished or "") - parse(started or ""))
     except ValueError:
         return 0.0
-
