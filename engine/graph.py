@@ -180,7 +180,7 @@ def _resources(step: str, cpu: object, mem: object, disk: object, gpu: object) -
     def bad(field: str, value: object, why: str) -> GraphError:
         return GraphError(f"step {step!r}: {field}={value!r}: {why}")
 
-    if isinstance(cpu, bool) or not isinstance(cpu, (int, float)) or not cpu > 0:
+    if isinstance(cpu, bool) or not isinstance(cpu, (int, float)) or not 0 < cpu < float("inf"):
         raise bad("cpu", cpu, "must be a positive number of cores (e.g. 1 or 0.5)")
     sizes = {}
     for field, value in (("mem", mem), ("disk", disk)):
@@ -263,6 +263,9 @@ def exec(
         name = os.path.basename(first.strip("{}")) or "exec"
     elif not isinstance(name, str) or not name:
         raise GraphError(f"rf.exec name must be a non-empty string, got {name!r}")
+    for what, arg in (("inputs", inputs), ("outputs", outputs), ("env", env)):
+        if arg is not None and not isinstance(arg, Mapping):
+            raise GraphError(f"step {name!r}: {what} must be a dict, got {type(arg).__name__}")
     inputs = dict(inputs or {})
     outputs = dict(outputs or {})
     envd = dict(env or {})

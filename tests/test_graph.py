@@ -87,6 +87,8 @@ def test_exec_resources_parse() -> None:
         ({"cpu": 0}, "cpu"),
         ({"cpu": "two"}, "cpu"),
         ({"cpu": True}, "cpu"),
+        ({"cpu": float("inf")}, "cpu"),
+        ({"cpu": float("nan")}, "cpu"),
         ({"mem": "lots"}, "mem"),
         ({"mem": 0}, "mem"),
         ({"mem": -5}, "mem"),
@@ -150,7 +152,7 @@ def test_exec_rejects_other_input_types(value: object) -> None:
 
 @pytest.mark.parametrize(
     "kw", [{"image": ""}, {"env": {"A": 1}}, {"env": {"A=B": "x"}}, {"network": "yes"},
-           {"name": ""}]
+           {"name": ""}, {"inputs": [("src", "x")]}, {"outputs": ["out"]}, {"env": ["A=1"]}]
 )
 def test_exec_rejects_bad_options(kw: dict[str, object]) -> None:
     with pytest.raises(GraphError):
