@@ -1,7 +1,7 @@
 """The local executor: each exec is a `/bin/sh -c` process in a private dir `workdir/<exec id>/`.
 
 Steps run in their own process group under a guardian process that kills them when the
-controller dies; memory is capped with RLIMIT_AS (`ulimit -v`). Imports no docker.
+controller dies; memory is capped by a per-exec cgroup, else RLIMIT_AS. Imports no docker.
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ import subprocess
 import sys
 import time
 
+from reflowes.engine.errors import InfraError
 from reflowes.engine.executor import ExecSpec, render
+from reflowes.engine.localmem import MemoryGroups
 from reflowes.engine.localpool import LocalPool
 from reflowes.engine.repository import Repository, RepositoryError
 from reflowes.events.model import Event, ExecCreated, ExecExited, ExecLost, ExecStarted, FileRef
@@ -54,16 +56,31 @@ for pg in groups:
         os.killpg(pg, signal.SIGKILL)
     except OSError:
         pass
+import time
+deadline = time.monotonic() + 2
+while len(sys.argv) > 1 and os.path.isdir(sys.argv[1]) and time.monotonic() < deadline:
+    for e in os.scandir(sys.argv[1]):
+        try:
+            os.rmdir(e.path)
+        except OSError:
+            pass
+    try:
+        os.rmdir(sys.argv[1])
+    except OSError:
+        time.sleep(0.02)
 """
 
 
 class _Exec:
     """One exec in flight."""
 
-    __slots__ = ("dir", "killed", "limit", "pid", "pidfd", "spec", "started")
+    __slots__ = ("cgroup", "dir", "killed", "limit", "pid", "pidfd", "spec", "started")
 
-    def __init__(self, spec: ExecSpec, d: str, pid: int, pidfd: int, limit: int) -> None:
+    def __init__(
+        self, spec: ExecSpec, d: str, pid: int, pidfd: int, limit: int, cgroup: str | None
+    ) -> None:
         self.spec, self.dir, self.pid, self.pidfd, self.limit = spec, d, pid, pidfd, limit
+        self.cgroup = cgroup
         self.started = time.monotonic()
         self.killed = False
 
@@ -73,7 +90,19 @@ class LocalExecutor:
 
     kind = "local"
 
-    def __init__(self, repo: Repository, workdir: str | os.PathLike[str]) -> None:
+    def __init__(
+        self, repo: Repository, workdir: str | os.PathLike[str], memory: str = "auto"
+    ) -> None:
+        """`memory`: "cgroup" (a memory cgroup per exec: RSS limit, exact peak, OOM kills
+        counted), "rlimit" (RLIMIT_AS: address-space limit, allocation failures read as OOM),
+        "auto" (cgroup when the controller's memory cgroup is writable, else rlimit)."""
+        if memory not in ("auto", "cgroup", "rlimit"):
+            raise ValueError(f"memory must be auto, cgroup or rlimit, not {memory!r}")
+        self._mem = MemoryGroups.open() if memory != "rlimit" else None
+        if memory == "cgroup" and self._mem is None:
+            raise InfraError("no writable cgroup v1 memory controller for local steps "
+                             "(run as root, or use memory='rlimit')")
+        self.memory = "cgroup" if self._mem else "rlimit"
         self.repo = repo
         self.workdir = os.path.abspath(os.fspath(workdir))
         os.makedirs(self.workdir, exist_ok=True)
@@ -99,8 +128,9 @@ class LocalExecutor:
         data, self._guard_buf = b"".join(self._guard_buf), []
         g = self._guardian
         if g is None:
+            argv = [sys.executable, "-I", "-S", "-c", _GUARDIAN] + ([self._mem.base] if self._mem else [])
             g = self._guardian = subprocess.Popen(
-                [sys.executable, "-I", "-S", "-c", _GUARDIAN], stdin=subprocess.PIPE,
+                argv, stdin=subprocess.PIPE,
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
                 bufsize=0,
             )
@@ -149,7 +179,11 @@ class LocalExecutor:
         # The child creates its own log files (after exec, in the prologue): creating files is
         # slow on a busy disk and posix_spawn blocks the controller until the exec.
         prologue = f"cd {shlex.quote(d)} || exit 126\nexec >stdout 2>stderr\n"
-        if limit > 0:
+        cgroup = None
+        if self._mem is not None:
+            cgroup = self._mem.make(limit)
+            prologue = self._mem.prologue(cgroup) + prologue
+        elif limit > 0:
             prologue += f"ulimit -v {max(limit >> 10, 1)} 2>/dev/null\n"
         env = {"PATH": self._path, "HOME": d, "TMPDIR": d}
         env.update(spec.env)
@@ -158,11 +192,11 @@ class LocalExecutor:
                              file_actions=self._null_fds)
         self._guard(b"+%d\n" % pid)
         pidfd = os.pidfd_open(pid)
-        self._live[pidfd] = _Exec(spec, d, pid, pidfd, limit)
+        self._live[pidfd] = _Exec(spec, d, pid, pidfd, limit, cgroup)
         self._poller.register(pidfd, select.POLLIN)
         return [
             ExecCreated(exec_id=spec.exec_id, task_id=spec.task_id, alloc_id=spec.alloc_id,
-                        executor="local", handle=str(pid), config={"cmd": cmd, "workdir": d},
+                        executor="local", handle=str(pid), config={"cmd": cmd, "workdir": d, "memory": self.memory},
                         resources=spec.resources),
             ExecStarted(exec_id=spec.exec_id, task_id=spec.task_id),
         ]
@@ -197,8 +231,14 @@ class LocalExecutor:
             if pid == 0:
                 continue
             self._forget(ex)
+            if ex.cgroup is not None:
+                peak, oom_killed = MemoryGroups.read(ex.cgroup)
+                assert self._mem is not None
+                self._mem.remove(ex.cgroup)
+            else:
+                peak, oom_killed = self._peak(usage.ru_maxrss << 10), False
             if not ex.killed:
-                out.append(self._outcome(ex, status, self._peak(usage.ru_maxrss << 10)))
+                out.append(self._outcome(ex, status, peak, oom_killed))
         return out
 
     def _peak(self, maxrss: int) -> int:
@@ -217,7 +257,7 @@ class LocalExecutor:
         os.close(ex.pidfd)
         del self._live[ex.pidfd]
 
-    def _outcome(self, ex: _Exec, status: int, peak: int) -> ExecExited:
+    def _outcome(self, ex: _Exec, status: int, peak: int, oom_killed: bool) -> ExecExited:
         spec = ex.spec
         code = os.waitstatus_to_exitcode(status)
         if code < 0:
@@ -225,9 +265,9 @@ class LocalExecutor:
         duration = time.monotonic() - ex.started
         if code != 0:
             tail = _tail(f"{ex.dir}/stderr")
-            oom = ex.limit > 0 and (
-                code == 128 + signal.SIGKILL or _OOM_TEXT.search(tail.encode()) is not None
-            )
+            # cgroup: the kernel's OOM-kill counter says; rlimit: a failed allocation's message
+            oom = oom_killed or (ex.cgroup is None and ex.limit > 0
+                                 and _OOM_TEXT.search(tail.encode()) is not None)
             if oom:  # the step needed more than its limit: the core's retry reads this
                 peak = max(peak, ex.limit)
             return ExecExited(exec_id=spec.exec_id, task_id=spec.task_id, exit_code=code,
@@ -303,6 +343,8 @@ class LocalExecutor:
                 pass
             self._forget(ex)
         self._guard_flush()
+        if self._mem is not None:
+            self._mem.close()
         g, self._guardian = self._guardian, None
         if g is not None:
             assert g.stdin is not None

@@ -17,6 +17,7 @@ import pytest
 
 from reflowes.engine.executor import ExecSpec
 from reflowes.engine.local import MARKER, LocalExecutor, LocalPool
+from reflowes.engine.localmem import MemoryGroups
 from reflowes.engine.repository import Repository
 from reflowes.events.model import (
     AllocDied, AllocGranted, Event, ExecCreated, ExecExited, ExecLost, ExecStarted, FileRef,
@@ -165,17 +166,27 @@ def test_dir_output(ex: LocalExecutor, repo: Repository) -> None:
     assert ref.kind == "dir" and set(repo.listing(ref)) == {"s/one", "two"}
 
 
-def test_memory_hog_is_oom(ex: LocalExecutor) -> None:
-    ex.put(spec("e8", f"{sys.executable} -c 'bytearray(400 << 20)'",
-                resources=Resources(1, 100 * MiB)))
-    ex.put(spec("e8ok", f"{sys.executable} -c 'bytearray(50 << 20)'",
-                resources=Resources(1, 300 * MiB)))
-    done = run_all(ex)
+@pytest.mark.parametrize("memory", ["cgroup", "rlimit"])
+def test_memory_hog_is_oom(repo: Repository, tmp_path: Path, memory: str) -> None:
+    if memory == "cgroup" and MemoryGroups.open() is None:
+        pytest.skip("no writable cgroup v1 memory controller here")
+    ex = LocalExecutor(repo, tmp_path / "execs", memory=memory)
+    try:
+        ex.put(spec("e8", f"{sys.executable} -c 'bytearray(400 << 20)'",
+                    resources=Resources(1, 100 * MiB)))
+        ex.put(spec("e8ok", f"{sys.executable} -c 'bytearray(80 << 20)'",
+                    resources=Resources(1, 300 * MiB)))
+        done = run_all(ex)
+    finally:
+        ex.close()
     hog = done["e8"]
-    assert isinstance(hog, ExecExited) and hog.oom and hog.exit_code != 0
-    assert hog.peak_mem >= 100 * MiB
+    assert isinstance(hog, ExecExited) and hog.oom and hog.exit_code != 0, hog
+    assert hog.peak_mem >= 90 * MiB
     ok = done["e8ok"]
     assert isinstance(ok, ExecExited) and ok.exit_code == 0 and not ok.oom, ok
+    if memory == "cgroup":  # the exact peak of the step alone, not the controller's
+        assert hog.exit_code == 137
+        assert 80 * MiB <= ok.peak_mem < 200 * MiB, ok.peak_mem
 
 
 def test_put_is_idempotent_by_exec_id(ex: LocalExecutor) -> None:
