@@ -36,6 +36,7 @@ class Param:
     type: type = str
     optional: bool = False  # Optional[T]: an empty cell becomes None
     default: Any = inspect.Parameter.empty
+    choices: tuple[Any, ...] | None = None  # Literal[...]: the only values accepted
 
     @property
     def required(self) -> bool:
@@ -43,6 +44,13 @@ class Param:
 
     def convert(self, text: str, csv_dir: str) -> Any:
         """The CSV text as this parameter's type (ValueError with the reason when it is not)."""
+        value = self._convert(text, csv_dir)
+        defaulted = value is None or (value is self.default and text == "")
+        if self.choices is not None and not defaulted and value not in self.choices:
+            raise ValueError(f"not one of {', '.join(map(repr, self.choices))}")
+        return value
+
+    def _convert(self, text: str, csv_dir: str) -> Any:
         if text == "" and self.optional:
             return None
         if text == "" and self.type is not str and not self.required:
@@ -71,24 +79,29 @@ class Param:
         return pathlib.Path(csv_dir, os.path.expanduser(text))
 
 
-def _param_type(path: str, name: str, hint: Any) -> tuple[type, bool]:
-    """(type, optional) for a hint, or ProgramError when CSV text cannot become it."""
+def _param_type(path: str, name: str, hint: Any) -> tuple[type, bool, tuple[Any, ...] | None]:
+    """(type, optional, choices) for a hint, or ProgramError when CSV text cannot become it."""
     if hint is inspect.Parameter.empty or hint is Any or hint is object:
-        return str, False
+        return str, False, None
     optional = False
     origin = typing.get_origin(hint)
     if origin is typing.Union or origin is types.UnionType:
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         if len(args) == 1 and len(typing.get_args(hint)) == 2:
             hint, optional = args[0], True
+    if typing.get_origin(hint) is typing.Literal:
+        choices = typing.get_args(hint)
+        kinds = {type(c) for c in choices}
+        if len(kinds) == 1 and kinds <= {str, int}:
+            return kinds.pop(), optional, choices
     if isinstance(hint, type) and issubclass(hint, pathlib.PurePath):
-        return pathlib.Path, optional
+        return pathlib.Path, optional, None
     if hint in _CONVERTIBLE:
-        return hint, optional
+        return hint, optional, None
     raise ProgramError(
         path,
         f"main's type hint {hint!r} cannot be filled from CSV text; use str, int, float, "
-        "bool, pathlib.Path or Optional[...] of them",
+        "bool, pathlib.Path, Literal[...] of str or of int, or Optional[...] of them",
         param=name,
     )
 
@@ -209,8 +222,8 @@ def _signature(path: str, main: Callable[..., Any]) -> tuple[dict[str, Param], b
                 hint = _BY_NAME.get(hint, hint)
             if isinstance(hint, str):
                 raise ProgramError(path, f"cannot resolve type hint {hint!r}", param=p.name)
-            kind, optional = _param_type(path, p.name, hint)
-            params[p.name] = Param(p.name, kind, optional, p.default)
+            kind, optional, choices = _param_type(path, p.name, hint)
+            params[p.name] = Param(p.name, kind, optional, p.default, choices)
     return params, var_kw
 
 

@@ -87,6 +87,8 @@ def test_var_kw_detected(tmp_path: pathlib.Path) -> None:
         ("main = 3\n", "main is a int, not a function"),
         ("def main(a: list[str]):\n    pass\n", "cannot be filled from CSV text"),
         ("def main(a, /):\n    pass\n", "passable by name"),
+        ("from typing import Literal\ndef main(a: Literal['x', 1]):\n    pass\n",
+         "cannot be filled"),
         ("def main(a: 'Nope'):\n    pass\n", "cannot resolve type hint 'Nope'"),
         ("import sys\nsys.exit(3)\ndef main():\n    pass\n", "SystemExit"),
     ],
@@ -123,6 +125,23 @@ def test_bind_converts_by_hints(prog: Program) -> None:
 )
 def test_bind_bools(prog: Program, text: str, value: bool) -> None:
     assert bind(prog, sample="S", reads="r", paired=text)["paired"] is value
+
+
+def test_bind_literal_choices(tmp_path: pathlib.Path) -> None:
+    prog = load_program(write(tmp_path, """
+        from typing import Literal, Optional
+        def main(mode: Literal["fast", "exact"], k: Optional[Literal[15, 31]] = None):
+            return []
+    """))
+    assert prog.bind({"mode": "fast", "k": "31"}, id_column="x", row=2, csv="s.csv") == {
+        "mode": "fast", "k": 31}
+    assert prog.bind({"mode": "exact", "k": ""}, id_column="x", row=2, csv="s.csv") == {
+        "mode": "exact", "k": None}
+    with pytest.raises(SheetError, match="'slow' .*not one of 'fast', 'exact'") as e:
+        prog.bind({"mode": "slow"}, id_column="x", row=4, csv="s.csv")
+    assert (e.value.row, e.value.column) == (4, "mode")
+    with pytest.raises(SheetError, match="not one of 15, 31"):
+        prog.bind({"mode": "fast", "k": "21"}, id_column="x", row=2, csv="s.csv")
 
 
 def test_bind_empty_cells(prog: Program) -> None:
