@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-import msgspec
 from reflowes.cli.common import (
     echo_json,
     format_age,
@@ -18,6 +17,7 @@ from reflowes.cli.common import (
 )
 from reflowes.projections.fold import fold
 from reflowes.projections.manifests import LIVE, Manifest, ManifestsState
+from reflowes.projections.plain import plain
 
 
 def chosen(manifests: ManifestsState, everything: bool) -> list[Manifest]:
@@ -57,7 +57,7 @@ def ps(path: Path, as_json: bool, everything: bool) -> None:
     if as_json:
         out: list[dict[str, Any]] = []
         for x in execs:
-            d = msgspec.to_builtins(x)
+            d = plain(x)
             d["age"] = round(age(x, now), 3)
             out.append(d)
         echo_json(out)

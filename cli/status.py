@@ -52,10 +52,15 @@ def totals_line(t: dict[str, Any]) -> str:
             f"{t['allocs']} allocs, {t['tasks']} tasks; log at seq {t['seq']}")
 
 
+def in_sheet_order(batch: BatchState) -> list[RunState]:
+    """Runs in CSV row order (a snapshot keeps finished runs apart, so map order is not it)."""
+    return sorted(batch.runs.values(), key=lambda r: (r.row, r.run_id))
+
+
 def print_runs(layout: BatchLayout, batch: BatchState) -> None:
     """The runs table."""
     rows = []
-    for run in batch.runs.values():
+    for run in in_sheet_order(batch):
         results = " ".join(_shown(Path(p)) for p in run_results(layout, run).values())
         error = (run.error or "").strip().splitlines()
         rows.append([run.run_id, run.phase.value, str(run.tries),
@@ -79,7 +84,7 @@ def status(path: Path, as_json: bool) -> None:
     t = totals(p)
     if as_json:
         echo_json({"batch": str(layout.state_dir),
-                   "runs": [run_dict(layout, r) for r in p.batch.runs.values()], "totals": t})
+                   "runs": [run_dict(layout, r) for r in in_sheet_order(p.batch)], "totals": t})
         return
     print_runs(layout, p.batch)
     click.echo(totals_line(t))

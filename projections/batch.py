@@ -12,9 +12,11 @@ from typing import Any
 import msgspec
 from reflowes.events import model as m
 from reflowes.events.model import FileRef, Recorded, RunPhase
+from reflowes.projections.plain import plain
+from reflowes.projections.records import Records, Wire, encode, wire_decoder
 
 
-class RunState(msgspec.Struct):
+class RunState(msgspec.Struct, array_like=True, gc=False):
     """One run (one CSV row) as it stands."""
 
     run_id: str
@@ -34,13 +36,14 @@ class RunState(msgspec.Struct):
     resource_minutes: float = 0.0
 
 
-class BatchState(msgspec.Struct):
-    """Every run by id, plus the maps that attribute exec time to runs."""
+class BatchState(msgspec.Struct, array_like=True, gc=False):
+    """Every run by id, plus the maps that attribute exec time to runs (tasks and execs in
+    flight only, so that a snapshot stays small)."""
 
     csv: str | None = None
     program: str | None = None
     invocations: int = 0
-    runs: dict[str, RunState] = msgspec.field(default_factory=dict)
+    runs: Records[RunState] = msgspec.field(default_factory=lambda: Records(RunState))
     task_run: dict[str, str] = msgspec.field(default_factory=dict)
     exec_cpu: dict[str, tuple[str, float]] = msgspec.field(default_factory=dict)
 
@@ -125,8 +128,9 @@ def _assigned(st: BatchState, ev: m.TaskAssigned, at: float) -> None:
 
 
 def _task_finished(st: BatchState, ev: m.TaskFinished, at: float) -> None:
-    if ev.ok:
-        run = st.runs.get(st.task_run.get(ev.task_id, ""))
+    run_id = st.task_run.pop(ev.task_id, None)  # a finished task is never heard of again
+    if ev.ok and run_id is not None:
+        run = st.runs.get(run_id)
         if run is not None:
             run.steps_run += 1
 
@@ -172,19 +176,26 @@ def to_dict(state: BatchState) -> dict[str, Any]:
         "csv": state.csv,
         "program": state.program,
         "invocations": state.invocations,
-        "runs": msgspec.to_builtins(state.runs),
+        "runs": plain(state.runs),
         "totals": state.totals(),
     }
 
 
-_decoder = msgspec.msgpack.Decoder(BatchState)
+_FINISHED = (RunPhase.DONE, RunPhase.ERROR)
+_wire = wire_decoder(
+    tuple[str | None, str | None, int, Wire, dict[str, str], dict[str, tuple[str, float]]]
+)
 
 
 def dumps(state: BatchState) -> bytes:
-    """Snapshot bytes (msgpack)."""
-    return msgspec.msgpack.encode(state)
+    """Snapshot bytes (msgpack); finished runs go into a cold segment."""
+    runs = state.runs.freeze(lambda r: r.phase in _FINISHED)
+    return encode((state.csv, state.program, state.invocations, runs, state.task_run,
+                   state.exec_cpu))
 
 
 def loads(blob: bytes) -> BatchState:
-    """The state from snapshot bytes."""
-    return _decoder.decode(blob)
+    """The state from snapshot bytes (cold runs stay encoded until needed)."""
+    csv, program, invocations, runs, task_run, exec_cpu = _wire.decode(blob)
+    return BatchState(csv, program, invocations, Records.unfreeze(RunState, runs), task_run,
+                      exec_cpu)

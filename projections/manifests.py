@@ -13,11 +13,13 @@ import msgspec
 from reflowes.events import model as m
 from reflowes.events.model import ExecState, FileRef, Recorded
 from reflowes.events.resources import Resources
+from reflowes.projections.plain import plain
+from reflowes.projections.records import Records, Wire, encode, wire_decoder
 
 LIVE = (ExecState.CREATED, ExecState.RUNNING)
 
 
-class Manifest(msgspec.Struct):
+class Manifest(msgspec.Struct, array_like=True, gc=False):
     """One exec: a process (pid) or a container (id) and how it ended."""
 
     exec_id: str
@@ -39,15 +41,15 @@ class Manifest(msgspec.Struct):
     error: str | None = None
 
 
-class ManifestsState(msgspec.Struct):
+class ManifestsState(msgspec.Struct, array_like=True, gc=False):
     """Every exec by id."""
 
-    execs: dict[str, Manifest] = msgspec.field(default_factory=dict)
+    execs: Records[Manifest] = msgspec.field(default_factory=lambda: Records(Manifest))
 
     def live(self) -> list[Manifest]:
         """Execs still created or running, oldest first."""
         return sorted(
-            (x for x in self.execs.values() if x.state in LIVE), key=lambda x: x.created
+            (x for x in self.execs.unfinished() if x.state in LIVE), key=lambda x: x.created
         )
 
 
@@ -114,17 +116,18 @@ def apply(state: ManifestsState, rec: Recorded) -> ManifestsState:
 
 def to_dict(state: ManifestsState) -> dict[str, Any]:
     """JSON-ready form: execs by id."""
-    return {"execs": msgspec.to_builtins(state.execs)}
+    return {"execs": plain(state.execs)}
 
 
-_decoder = msgspec.msgpack.Decoder(ManifestsState)
+_wire = wire_decoder(tuple[Wire])
 
 
 def dumps(state: ManifestsState) -> bytes:
-    """Snapshot bytes (msgpack)."""
-    return msgspec.msgpack.encode(state)
+    """Snapshot bytes (msgpack); execs that exited or were lost go into a cold segment."""
+    return encode((state.execs.freeze(lambda x: x.state not in LIVE),))
 
 
 def loads(blob: bytes) -> ManifestsState:
-    """The state from snapshot bytes."""
-    return _decoder.decode(blob)
+    """The state from snapshot bytes (cold execs stay encoded until needed)."""
+    (execs,) = _wire.decode(blob)
+    return ManifestsState(Records.unfreeze(Manifest, execs))

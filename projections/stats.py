@@ -13,11 +13,13 @@ import msgspec
 from reflowes.events import model as m
 from reflowes.events.model import Recorded, TaskState
 from reflowes.events.resources import Resources
+from reflowes.projections.plain import plain
+from reflowes.projections.records import Records, Wire, encode, wire_decoder
 
 _LIVE = (TaskState.ASSIGNED, TaskState.RUNNING)
 
 
-class AllocStats(msgspec.Struct):
+class AllocStats(msgspec.Struct, array_like=True, gc=False):
     """One alloc: what it was granted, what is free on it now, whether it is gone."""
 
     alloc_id: str
@@ -30,7 +32,7 @@ class AllocStats(msgspec.Struct):
     task_ids: list[str] = msgspec.field(default_factory=list)
 
 
-class TaskAttempt(msgspec.Struct):
+class TaskAttempt(msgspec.Struct, array_like=True, gc=False):
     """One attempt of one task, as the scheduler saw it."""
 
     task_id: str
@@ -47,14 +49,18 @@ class TaskAttempt(msgspec.Struct):
     exit_code: int | None = None
 
 
-class StatsState(msgspec.Struct):
-    """The whole fold; `attempts` maps task id -> attempt number -> record."""
+class StatsState(msgspec.Struct, array_like=True, gc=False):
+    """The whole fold; `attempts` maps task id -> attempt number -> record.
+
+    Deliberately no exec -> attempt index: exec events name their task, and every record
+    here is decoded again when a snapshot is opened.
+    """
 
     total_allocs: int = 0
     total_tasks: int = 0
-    allocs: dict[str, AllocStats] = msgspec.field(default_factory=dict)
-    attempts: dict[str, dict[int, TaskAttempt]] = msgspec.field(default_factory=dict)
-    exec_attempt: dict[str, tuple[str, int]] = msgspec.field(default_factory=dict)
+    allocs: Records[AllocStats] = msgspec.field(default_factory=lambda: Records(AllocStats))
+    attempts: Records[dict[int, TaskAttempt]] = msgspec.field(
+        default_factory=lambda: Records(dict[int, TaskAttempt]))
 
     def attempt(self, task_id: str, attempt: int) -> TaskAttempt:
         """The record of one attempt (KeyError when unknown)."""
@@ -113,7 +119,6 @@ def _assigned(st: StatsState, ev: m.TaskAssigned, at: float) -> None:
     att.alloc_id = ev.alloc_id
     att.exec_id = ev.exec_id
     att.resources = ev.resources
-    st.exec_attempt[ev.exec_id] = (ev.task_id, att.attempt)
     alloc = st.allocs.get(ev.alloc_id)
     if alloc is not None:
         alloc.available = alloc.available - ev.resources
@@ -151,21 +156,24 @@ def _finished(st: StatsState, ev: m.TaskFinished, at: float) -> None:
         att.exit_code = ev.exit_code
 
 
-def _exec_attempt(st: StatsState, exec_id: str) -> TaskAttempt | None:
-    where = st.exec_attempt.get(exec_id)
-    if where is None:
-        return None
-    return st.attempts[where[0]].get(where[1])
+def _exec_attempt(st: StatsState, task_id: str, exec_id: str) -> TaskAttempt | None:
+    """The attempt that ran as `exec_id` (exec events name their task; a task has few attempts)."""
+    per = st.attempts.get(task_id)
+    if per is not None:
+        for att in reversed(per.values()):
+            if att.exec_id == exec_id:
+                return att
+    return None
 
 
 def _started(st: StatsState, ev: m.ExecStarted, at: float) -> None:
-    att = _exec_attempt(st, ev.exec_id)
+    att = _exec_attempt(st, ev.task_id, ev.exec_id)
     if att is not None and att.state is TaskState.ASSIGNED:
         att.state = TaskState.RUNNING
 
 
 def _exited(st: StatsState, ev: m.ExecExited, at: float) -> None:
-    att = _exec_attempt(st, ev.exec_id)
+    att = _exec_attempt(st, ev.task_id, ev.exec_id)
     if att is not None:
         att.exit_code = ev.exit_code
         if ev.error is not None and att.error is None:
@@ -173,7 +181,7 @@ def _exited(st: StatsState, ev: m.ExecExited, at: float) -> None:
 
 
 def _lost(st: StatsState, ev: m.ExecLost, at: float) -> None:
-    att = _exec_attempt(st, ev.exec_id)
+    att = _exec_attempt(st, ev.task_id, ev.exec_id)
     if att is not None and att.state in _LIVE:
         _end(st, att, TaskState.LOST, ev.reason)
 
@@ -224,21 +232,26 @@ def to_dict(state: StatsState) -> dict[str, Any]:
     return {
         "total_allocs": state.total_allocs,
         "total_tasks": state.total_tasks,
-        "allocs": msgspec.to_builtins(state.allocs),
+        "allocs": plain(state.allocs),
         "attempts": [
-            msgspec.to_builtins(att) for per in state.attempts.values() for att in per.values()
+            plain(per[n]) for _, per in sorted(state.attempts.items()) for n in sorted(per)
         ],
     }
 
 
-_decoder = msgspec.msgpack.Decoder(StatsState)
+_ENDED = (TaskState.DONE, TaskState.FAILED, TaskState.LOST)
+_wire = wire_decoder(tuple[int, int, Wire, Wire])
 
 
 def dumps(state: StatsState) -> bytes:
-    """Snapshot bytes (msgpack)."""
-    return msgspec.msgpack.encode(state)
+    """Snapshot bytes (msgpack); gone allocs and ended tasks go into cold segments."""
+    allocs = state.allocs.freeze(lambda a: a.dead or a.released)
+    attempts = state.attempts.freeze(lambda per: per[max(per)].state in _ENDED)
+    return encode((state.total_allocs, state.total_tasks, allocs, attempts))
 
 
 def loads(blob: bytes) -> StatsState:
-    """The state from snapshot bytes."""
-    return _decoder.decode(blob)
+    """The state from snapshot bytes (cold records stay encoded until needed)."""
+    total_allocs, total_tasks, allocs, attempts = _wire.decode(blob)
+    return StatsState(total_allocs, total_tasks, Records.unfreeze(AllocStats, allocs),
+                      Records.unfreeze(dict[int, TaskAttempt], attempts))

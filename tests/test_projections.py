@@ -229,14 +229,34 @@ def test_incremental_fold_at_any_split_equals_one_fold(
     recs: list[Recorded], cuts: list[int]
 ) -> None:
     whole = fold.dumps(folded(recs))
-    p = fold.initial()
+    p = fold.initial()  # each split below goes through a snapshot round trip
     last = 0
     for cut in sorted(c for c in cuts if c <= len(recs)) + [len(recs)]:
         p = fold.loads(fold.dumps(p))  # each split goes through a snapshot round trip
         p.apply_all(recs[last:cut])
         last = cut
-    assert fold.dumps(p) == whole
-    assert p == folded(recs)
+    full = folded(recs)
+    assert p == full and p.to_dict() == full.to_dict()
+    assert fold.loads(fold.dumps(p)) == fold.loads(whole)
+
+
+def test_snapshot_at_every_seq_then_tail_equals_full_fold() -> None:
+    full = folded(RECS)
+    for i in range(len(RECS) + 1):
+        p = fold.loads(fold.dumps(folded(RECS[:i]))).apply_all(RECS[i:])
+        assert p == full and p.to_dict() == full.to_dict(), f"split at {i}"
+    p = fold.initial()
+    for rec in RECS:  # a snapshot after every event: many cold segments, thawed by lookups
+        p = fold.loads(fold.dumps(p)).apply(rec)
+    assert p == full and p.to_dict() == full.to_dict()
+
+
+def test_finished_records_stay_encoded_until_needed() -> None:
+    p = fold.loads(fold.dumps(folded(RECS[:25])))
+    execs = p.manifests.execs
+    assert len(execs) == 3 and list(execs.unfinished()) == [execs.hot["e3"]]
+    assert [x.exec_id for x in p.manifests.live()] == ["e3"] and len(execs.hot) == 1
+    assert execs["e1"].exit_code == 137 and len(execs.hot) == 3  # a lookup thaws them
 
 
 def test_each_projection_apply_matches_the_bundle() -> None:
