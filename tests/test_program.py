@@ -6,6 +6,8 @@ import pathlib
 import textwrap
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from reflowes.engine.errors import ProgramError, SheetError, UserError
 from reflowes.engine.program import Program, load_program
 from reflowes.engine.sheet import read_sheet
@@ -383,3 +385,20 @@ def test_program_imports_modules_beside_it(tmp_path: pathlib.Path) -> None:
     assert str(tmp_path) not in sys.path  # only while importing
     assert prog.call({"x": "a"}, run_id="r", base=str(tmp_path))["result"].source == str(
         tmp_path / "a.counts")  # type: ignore[union-attr]
+
+
+
+@pytest.fixture(scope="module")
+def module_prog(tmp_path_factory: pytest.TempPathFactory) -> Program:
+    return load_program(write(tmp_path_factory.mktemp("prog"), PIPELINE))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(), st.floats(allow_nan=False), st.booleans(),
+       st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=20))
+def test_bind_round_trips_what_a_csv_can_hold(
+    module_prog: Program, i: int, x: float, b: bool, s: str
+) -> None:
+    values = {"sample": s, "reads": "r", "top": str(i), "ratio": repr(x), "paired": str(b)}
+    kw = module_prog.bind(values, id_column="id", row=2, csv="/d/s.csv")
+    assert (kw["sample"], kw["top"], kw["ratio"], kw["paired"]) == (s, i, x, b)
