@@ -13,7 +13,6 @@ import queue
 import shutil
 import threading
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,30 +28,19 @@ from reflowes.engine.dockerpool import (
     LABEL_TASK,
     connect,
     container_name,
+    ping,
 )
+from reflowes.engine.dockerwrap import CTL, WRAPPER, read_meta, tail
+from reflowes.engine.dockerwrap import duration as duration_of
 from reflowes.engine.executor import ExecSpec, render
 from reflowes.engine.repository import Repository
 from reflowes.events.model import Event, ExecCreated, ExecExited, ExecLost, ExecStarted, FileRef
 
 log = logging.getLogger(__name__)
 
-LABEL_OUTPUTS = "reflowes.outputs"  # "name:kind,..." so a harvest needs nothing but the container
-CTL = "/.reflowes"  # in-container dir holding the wrapper's stdout, stderr and meta files
 DEFAULT_IMAGE = "local/busybox:1"
-
-# PID 1 of every container: runs the step as a child (so an OOM kill usually hits the step, not
-# us), then records its exit code, the cgroup's peak memory and OOM-kill counter (v1 and v2).
-# Builtins only, so any image with a POSIX sh works.
-WRAPPER = f"""sh -c "$1" >{CTL}/stdout 2>{CTL}/stderr; rc=$?; c=/sys/fs/cgroup
-{{ echo "rc $rc"
-for f in $c/memory/memory.max_usage_in_bytes $c/memory.peak; do
-  if [ -r $f ]; then read v < $f; echo "peak $v"; fi; done
-for f in $c/memory/memory.oom_control $c/memory.events; do
-  if [ -r $f ]; then while read k v; do [ "$k" = oom_kill ] && echo "oom_kill $v"; done < $f; fi
-done; }} > {CTL}/meta 2>/dev/null
-exit $rc"""
-
-
+LOST_WAIT = 30.0  # seconds an exec that met an absent engine waits before it is reported lost
+LABEL_OUTPUTS = "reflowes.outputs"  # "name:kind,..." so a harvest needs nothing but the container
 @attrs.define
 class _Live:
     """An exec this executor watches, with what its harvest needs."""
@@ -103,11 +91,14 @@ class DockerExecutor:
         # One put per exec id at a time, across controllers: the loser finds the container.
         with open(d / ".lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            if (d / "meta").exists():  # staged by an earlier put, which may have created it
-                found = self._inspect(spec.exec_id)
-                if found is not None:
-                    return self._adopt(found, spec.exec_id, spec.task_id)
-            return self._create(spec, d)
+            try:
+                if (d / "meta").exists():  # staged by an earlier put, which may have created it
+                    found = self._inspect(spec.exec_id)
+                    if found is not None:
+                        return self._adopt(found, spec.exec_id, spec.task_id)
+                return self._create(spec, d)
+            except GONE as e:
+                return self._lost_later(spec, f"{type(e).__name__}: {e}")
 
     def poll(self, timeout: float) -> list[Event]:
         """ExecStarted and outcomes (harvested already), waiting up to `timeout` for the first."""
@@ -260,6 +251,26 @@ class DockerExecutor:
                             executor=self.kind, handle="", config=config,
                             resources=spec.resources)]
 
+    def _lost_later(self, spec: ExecSpec, why: str) -> list[Event]:
+        """The engine is away: ExecLost through poll once it answers again (or after
+        LOST_WAIT seconds), so the retry it causes does not spin while the engine restarts."""
+        log.warning("exec %s: docker engine not answering: %s", spec.exec_id, why)
+        with self._lock:
+            self._pending += 1
+
+        def later() -> None:
+            deadline = time.monotonic() + LOST_WAIT
+            while ping(self.client, 1.0) is not None and time.monotonic() < deadline:
+                time.sleep(0.25)
+            self._queue.put((spec.exec_id, ExecLost(
+                exec_id=spec.exec_id, task_id=spec.task_id,
+                reason=f"docker engine not answering when creating the container: {why}"), True))
+
+        threading.Thread(target=later, daemon=True).start()
+        return [ExecCreated(exec_id=spec.exec_id, task_id=spec.task_id, alloc_id=spec.alloc_id,
+                            executor=self.kind, handle="", config={"image": spec.image},
+                            resources=spec.resources)]
+
     def _inspect(self, exec_id: str) -> dict[str, Any] | None:
         try:
             found: dict[str, Any] = self.api.inspect_container(
@@ -340,15 +351,22 @@ class DockerExecutor:
         """ExecExited for an exited container: outputs hashed in, logs kept, container removed.
         `state` is docker's State (or just the exit code, inspected here when it may matter)."""
         d = self.workdir / live.exec_id
-        meta = _read_meta(d / "meta")
+        meta = read_meta(d / "meta")
         code = int(state["ExitCode"])
         if (code != 0 or "rc" not in meta) and "OOMKilled" not in state:
             state = self.api.inspect_container(live.cid)["State"]
         if duration is None:
-            duration = _duration(state.get("StartedAt"), state.get("FinishedAt"))
+            duration = duration_of(state.get("StartedAt"), state.get("FinishedAt"))
         oom = code != 0 and (bool(state.get("OOMKilled")) or meta.get("oom_kill", 0) > 0
-                             or (code == 137 and live.mem_limit > 0))  # killed execs: no harvest
+                             or (code == 137 and live.mem_limit > 0 and "rc" in meta))
         peak = meta.get("peak", 0)
+        if code != 0 and "rc" not in meta and not oom:
+            # PID 1 (our wrapper) never finished and no OOM was seen: the container was stopped
+            # or killed from outside (docker stop/kill, an engine shutdown) - no answer.
+            self._remove(live.cid)
+            return ExecLost(exec_id=live.exec_id, task_id=live.task_id,
+                            reason=f"container stopped from outside (exit {code}) before the "
+                                   f"step finished: {state.get('Error') or 'no error recorded'}")
         result: dict[str, FileRef] = {}
         error: str | None = None
         if code == 0:
@@ -365,7 +383,7 @@ class DockerExecutor:
         shutil.rmtree(d / "out", ignore_errors=True)
         return ExecExited(exec_id=live.exec_id, task_id=live.task_id, exit_code=code, oom=oom,
                           peak_mem=peak, result=result, error=error,
-                          stderr_tail=_tail(d / "stderr"), duration=duration)
+                          stderr_tail=tail(d / "stderr"), duration=duration)
 
     def _collect(self, out: Path, outputs: str) -> tuple[dict[str, FileRef], str | None]:
         result: dict[str, FileRef] = {}
@@ -385,37 +403,3 @@ def _live_of(attrs_: dict[str, Any], exec_id: str, task_id: str) -> _Live:
     labels = attrs_["Config"].get("Labels") or {}
     return _Live(exec_id, task_id, attrs_["Id"], labels.get(LABEL_OUTPUTS, ""),
                  int(attrs_["HostConfig"].get("Memory") or 0), False)
-
-
-def _read_meta(path: Path) -> dict[str, int]:
-    out: dict[str, int] = {}
-    try:
-        for line in path.read_text().splitlines():
-            k, _, v = line.partition(" ")
-            if v.strip().isdigit():
-                out[k] = max(out.get(k, 0), int(v))
-    except OSError:
-        pass
-    return out
-
-
-def _tail(path: Path, lines: int = 20, limit: int = 8192) -> str:
-    """The last `lines` lines of a log file (as the local executor keeps them)."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(max(0, os.fstat(f.fileno()).st_size - limit))
-            data = f.read()
-    except OSError:
-        return ""
-    return b"\n".join(data.rstrip(b"\n").split(b"\n")[-lines:]).decode("utf-8", "replace")
-
-
-def _duration(started: str | None, finished: str | None) -> float:
-    """Seconds between docker's RFC 3339 nanosecond timestamps (0.0 when unknown)."""
-    def parse(ts: str) -> float:
-        base, _, frac = ts.rstrip("Z").partition(".")
-        return datetime.fromisoformat(base + "+00:00").timestamp() + float("0." + (frac or "0"))
-    try:
-        return max(0.0, parse(finished or "") - parse(started or ""))
-    except ValueError:
-        return 0.0

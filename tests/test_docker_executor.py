@@ -261,3 +261,52 @@ def test_engine_not_answering_is_infra_error_fast(tmp_path, monkeypatch):  # typ
     with pytest.raises(InfraError, match="not answering"):
         connect("tcp://127.0.0.1:9")
     assert time.monotonic() - t0 < 5
+
+
+def test_container_killed_from_outside_is_lost_not_oom(ex, docker_engine, batch):  # type: ignore[no-untyped-def]
+    s = spec("sleep 30", resources=Resources(1, 64 * MiB))
+    ex.put(s)
+    (c,) = containers_of(docker_engine, batch, s.exec_id)
+    deadline = time.monotonic() + 10
+    while c.status != "running" and time.monotonic() < deadline:
+        time.sleep(0.05)
+        c.reload()
+    c.kill()  # exit 137 under a memory limit, but neither the kernel nor we did it
+    ev = outcome(ex, s.exec_id)
+    assert isinstance(ev, ExecLost) and "from outside" in ev.reason, ev
+    assert containers_of(docker_engine, batch, s.exec_id) == []
+
+
+def test_recover_created_container_starts_it(ex, docker_engine, repo, tmp_path, batch,
+                                             monkeypatch):  # type: ignore[no-untyped-def]
+    # A controller that died between create and start: the container exists, never ran.
+    s = spec("echo ran > {out}", outputs={"out": "file"})
+    monkeypatch.setattr(ex, "_watch", lambda live: None)  # dies before its watcher starts it
+    ex.put(s)
+    (c,) = containers_of(docker_engine, batch, s.exec_id)
+    assert c.status == "created"
+    again = DockerExecutor(repo, tmp_path / "execs", docker_engine, batch_id=batch)
+    assert again.recover(s.exec_id, s.task_id, c.id) == []
+    seen: list[Event] = []
+    ev = outcome(again, s.exec_id, seen=seen)
+    assert [type(e) for e in seen] == [ExecStarted, ExecExited]
+    assert isinstance(ev, ExecExited) and repo.read_bytes(ev.result["out"]) == b"ran\n"
+    again.close()
+
+
+def test_stale_container_of_a_deleted_exec_dir_is_replaced(ex, docker_engine, repo, tmp_path,
+                                                           batch, monkeypatch):  # type: ignore[no-untyped-def]
+    s = spec("echo fresh > {out}", outputs={"out": "file"})
+    monkeypatch.setattr(ex, "_watch", lambda live: None)
+    ex.put(s)  # created, never started; then the batch's exec dirs are wiped (--reset)
+    old = containers_of(docker_engine, batch, s.exec_id)[0].id
+    import shutil
+
+    shutil.rmtree(tmp_path / "execs")
+    again = DockerExecutor(repo, tmp_path / "execs", docker_engine, batch_id=batch)
+    (created,) = again.put(s)
+    assert isinstance(created, ExecCreated) and created.handle != old
+    ev = outcome(again, s.exec_id)
+    assert isinstance(ev, ExecExited) and repo.read_bytes(ev.result["out"]) == b"fresh\n"
+    assert containers_of(docker_engine, batch, s.exec_id) == []
+    again.close()

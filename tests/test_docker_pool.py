@@ -190,6 +190,10 @@ def test_engine_down_kills_allocs_and_comes_back(engine2, tmp_path):  # type: ig
     pool.request("r3", ONE, ONE)
     time.sleep(0.3)
     assert pool.poll() == []  # no grants while the engine is away
+    # A put meeting the absent engine: created without a handle, lost once the engine is back.
+    (created,) = ex.put(sleeper("e2", "a2"))
+    assert created.handle == "" and ex.running() == 1
+    assert ex.poll(0.5) == []
     # A controller starting now sees its logged allocs die.
     fresh = DockerPool(client, batch, resources=Resources(2, 4 * GiB))
     assert [type(e) for e in fresh.restore({"a9": ONE})] == [AllocDied]
@@ -200,5 +204,11 @@ def test_engine_down_kills_allocs_and_comes_back(engine2, tmp_path):  # type: ig
     # The container of the dead alloc (exited with its engine) was collected.
     assert batch_containers(client, batch) == []
     assert any(name.endswith("-e1") for name in pool.collected)
+    lost = []
+    deadline = time.monotonic() + 20
+    while not lost and time.monotonic() < deadline:
+        lost = ex.poll(0.5)
+    assert [type(e) for e in lost] == [ExecLost] and "not answering" in lost[0].reason
+    assert ex.running() == 0
     ex.close()
     client.close()
