@@ -53,9 +53,9 @@ def bench_popen(n: int, d: Path) -> float:
     return time.perf_counter() - t
 
 
-def bench_executor(n: int, d: Path, input_ref: bool = False) -> float:
+def bench_executor(n: int, d: Path, input_ref: bool = False, memory: str = "auto") -> float:
     repo = Repository(d / "repo")
-    ex = LocalExecutor(repo, d / "execs")
+    ex = LocalExecutor(repo, d / "execs", memory=memory)
     inp = repo.put_bytes(b"input\n")
     t = time.perf_counter()
     done = 0
@@ -98,18 +98,20 @@ def main() -> None:
         print(f"{n} no-op execs, {PARALLEL} at a time, {os.cpu_count()} cpus")
         xargs = bench_xargs(n, base / "xargs")
         popen, popen_cpu = cpu_ms(bench_popen, n, base / "popen")
-        execu, execu_cpu = cpu_ms(bench_executor, n, base / "exec", False)
-        staged, staged_cpu = cpu_ms(bench_executor, n, base / "exec_in", True)
+        execu, execu_cpu = cpu_ms(bench_executor, n, base / "exec", False, "rlimit")
+        cg, cg_cpu = cpu_ms(bench_executor, n, base / "exec_cg", False, "auto")
+        staged, staged_cpu = cpu_ms(bench_executor, n, base / "exec_in", True, "rlimit")
         xargs2 = bench_xargs(n, base / "xargs2")  # again: the machine's noise, bracketed
         floor = min(xargs, xargs2)
-        print(f"  {'xargs -P 2 sh -c (floor)':34s} {floor:7.3f} s  {floor / n * 1e3:6.3f} ms/exec"
+        print(f"  {'xargs -P 2 sh -c (floor)':36s} {floor:7.3f} s  {floor / n * 1e3:6.3f} ms/exec"
               f"  x 1.00 floor")
         for name, s, c in (("subprocess loop", popen, popen_cpu),
-                           ("LocalExecutor", execu, execu_cpu),
-                           ("LocalExecutor + 1 staged input", staged, staged_cpu)):
-            print(f"  {name:34s} {s:7.3f} s  {s / n * 1e3:6.3f} ms/exec  x{s / floor:5.2f} floor"
+                           ("LocalExecutor (rlimit)", execu, execu_cpu),
+                           ("LocalExecutor (auto: cgroup if any)", cg, cg_cpu),
+                           ("LocalExecutor (rlimit) + 1 input", staged, staged_cpu)):
+            print(f"  {name:36s} {s:7.3f} s  {s / n * 1e3:6.3f} ms/exec  x{s / floor:5.2f} floor"
                   f"  controller cpu {c:.3f} ms/exec")
-        print(f"  executor overhead vs subprocess loop: wall {(execu - popen) / n * 1e3:+.3f} "
+        print(f"  executor (rlimit) overhead vs subprocess loop: wall {(execu - popen) / n * 1e3:+.3f} "
               f"ms/exec, controller cpu {execu_cpu - popen_cpu:+.3f} ms/exec")
         put, get = bench_cache(n * 10, base / "cache")
         print(f"cache: put_many {n * 10} keys {put * 1e3:.1f} ms; "

@@ -19,7 +19,7 @@ import time
 
 from reflowes.engine.errors import InfraError
 from reflowes.engine.executor import ExecSpec, render
-from reflowes.engine.localmem import MemoryGroups
+from reflowes.engine.localmem import Group, MemoryGroups
 from reflowes.engine.localpool import LocalPool
 from reflowes.engine.repository import Repository, RepositoryError
 from reflowes.events.model import Event, ExecCreated, ExecExited, ExecLost, ExecStarted, FileRef
@@ -77,7 +77,7 @@ class _Exec:
     __slots__ = ("cgroup", "dir", "killed", "limit", "pid", "pidfd", "spec", "started")
 
     def __init__(
-        self, spec: ExecSpec, d: str, pid: int, pidfd: int, limit: int, cgroup: str | None
+        self, spec: ExecSpec, d: str, pid: int, pidfd: int, limit: int, cgroup: Group | None
     ) -> None:
         self.spec, self.dir, self.pid, self.pidfd, self.limit = spec, d, pid, pidfd, limit
         self.cgroup = cgroup
@@ -93,8 +93,8 @@ class LocalExecutor:
     def __init__(
         self, repo: Repository, workdir: str | os.PathLike[str], memory: str = "auto"
     ) -> None:
-        """`memory`: "cgroup" (a memory cgroup per exec: RSS limit, exact peak, OOM kills
-        counted), "rlimit" (RLIMIT_AS: address-space limit, allocation failures read as OOM),
+        """`memory`: "cgroup" (cgroup v1 memory groups, reused: RSS+cache limit, exact peak,
+        OOM kills counted), "rlimit" (RLIMIT_AS: address-space limit, allocation failures read as OOM),
         "auto" (cgroup when the controller's memory cgroup is writable, else rlimit)."""
         if memory not in ("auto", "cgroup", "rlimit"):
             raise ValueError(f"memory must be auto, cgroup or rlimit, not {memory!r}")
@@ -103,6 +103,7 @@ class LocalExecutor:
             raise InfraError("no writable cgroup v1 memory controller for local steps "
                              "(run as root, or use memory='rlimit')")
         self.memory = "cgroup" if self._mem else "rlimit"
+        self._mem_required = memory == "cgroup"
         self.repo = repo
         self.workdir = os.path.abspath(os.fspath(workdir))
         os.makedirs(self.workdir, exist_ok=True)
@@ -128,7 +129,8 @@ class LocalExecutor:
         data, self._guard_buf = b"".join(self._guard_buf), []
         g = self._guardian
         if g is None:
-            argv = [sys.executable, "-I", "-S", "-c", _GUARDIAN] + ([self._mem.base] if self._mem else [])
+            argv = [sys.executable, "-I", "-S", "-c", _GUARDIAN] + (
+                [self._mem.base] if self._mem is not None else [])
             g = self._guardian = subprocess.Popen(
                 argv, stdin=subprocess.PIPE,
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
@@ -181,9 +183,14 @@ class LocalExecutor:
         prologue = f"cd {shlex.quote(d)} || exit 126\nexec >stdout 2>stderr\n"
         cgroup = None
         if self._mem is not None:
-            cgroup = self._mem.make(limit)
-            prologue = self._mem.prologue(cgroup) + prologue
-        elif limit > 0:
+            try:
+                cgroup = self._mem.acquire(limit)
+                prologue = self._mem.prologue(cgroup) + prologue
+            except OSError as e:
+                if self._mem_required:
+                    raise InfraError(f"cannot make a memory cgroup for a step: {e}") from e
+                self._mem, self.memory = None, "rlimit"  # writable but refused: fall back
+        if cgroup is None and limit > 0:
             prologue += f"ulimit -v {max(limit >> 10, 1)} 2>/dev/null\n"
         env = {"PATH": self._path, "HOME": d, "TMPDIR": d}
         env.update(spec.env)
@@ -191,6 +198,8 @@ class LocalExecutor:
         pid = os.posix_spawn(SHELL, [SHELL, "-c", prologue + cmd], env, setpgroup=0,
                              file_actions=self._null_fds)
         self._guard(b"+%d\n" % pid)
+        if self._guardian is None:  # the first step: the guardian starts now, not at poll
+            self._guard_flush()
         pidfd = os.pidfd_open(pid)
         self._live[pidfd] = _Exec(spec, d, pid, pidfd, limit, cgroup)
         self._poller.register(pidfd, select.POLLIN)
@@ -234,7 +243,7 @@ class LocalExecutor:
             if ex.cgroup is not None:
                 peak, oom_killed = MemoryGroups.read(ex.cgroup)
                 assert self._mem is not None
-                self._mem.remove(ex.cgroup)
+                self._mem.release(ex.cgroup)
             else:
                 peak, oom_killed = self._peak(usage.ru_maxrss << 10), False
             if not ex.killed:
@@ -342,6 +351,8 @@ class LocalExecutor:
             except ChildProcessError:
                 pass
             self._forget(ex)
+            if ex.cgroup is not None:
+                ex.cgroup.close()
         self._guard_flush()
         if self._mem is not None:
             self._mem.close()

@@ -6,6 +6,7 @@ Groups are nested under the controller's cgroup (`<own>/reflowes-<pid>/<n>`), ne
 
 from __future__ import annotations
 
+import atexit
 import os
 import re
 import shlex
@@ -13,7 +14,9 @@ import signal
 import time
 
 V1_ROOT = "/sys/fs/cgroup/memory"
-_OOM_KILL = re.compile(r"^oom_kill (\d+)$", re.M)
+_instances = 0  # groups of one controller: reflowes-<pid>-<instance>
+_RESIDUE = 16 << 20  # charges left in a free group above this are reclaimed before reuse
+_OOM_KILL = re.compile(r"^oom_kill (\d+)$", re.MULTILINE)
 
 
 def own_memory_cgroup(root: str = V1_ROOT) -> str | None:
@@ -31,82 +34,121 @@ def own_memory_cgroup(root: str = V1_ROOT) -> str | None:
     return None
 
 
+class Group:
+    """A memory cgroup with its control files kept open (read with pread: no open per exec)."""
+
+    __slots__ = ("fds", "limit", "ooms", "path")
+
+    def __init__(self, path: str, memsw: bool) -> None:
+        self.path = path
+        names = ["memory.max_usage_in_bytes", "memory.oom_control", "memory.usage_in_bytes",
+                 "cgroup.procs", "memory.limit_in_bytes", "memory.force_empty"]
+        if memsw:
+            names.append("memory.memsw.limit_in_bytes")
+        self.fds = [os.open(f"{path}/{n}", os.O_RDWR if n.startswith("memory.") and n not in
+                            ("memory.oom_control", "memory.usage_in_bytes") else os.O_RDONLY)
+                    for n in names]
+        self.limit = -2  # unknown
+        self.ooms = 0
+
+    def close(self) -> None:
+        for fd in self.fds:
+            os.close(fd)
+        self.fds = []
+
+
 class MemoryGroups:
-    """One memory cgroup per exec: limit, peak usage and the OOM-kill counter."""
+    """Memory cgroups for execs, reused: a group is made once and serves exec after exec,
+    its peak reset and its OOM-kill counter compared with the value before the exec."""
 
     def __init__(self, base: str) -> None:
         self.base = base
         self._n = 0
-        self._memsw = os.path.exists(f"{base}/memory.memsw.limit_in_bytes")
-        self._stale: list[str] = []
+        self._memsw = False
+        self._free: list[Group] = []
+        self._stale: list[Group] = []
 
     @classmethod
     def open(cls) -> MemoryGroups | None:
-        """Per-exec groups under this controller's memory cgroup, or None when not writable."""
+        """Groups under this controller's memory cgroup, or None when it is not writable.
+        Nothing is created until the first `acquire`."""
         own = own_memory_cgroup()
-        if own is None:
+        if own is None or not os.access(own, os.W_OK):
             return None
         remove_dead_groups(own)
-        base = f"{own}/reflowes-{os.getpid()}"
-        try:
-            os.makedirs(base, exist_ok=True)
-            probe = cls(base)
-            probe.remove(probe.make(64 << 20))
-        except OSError:
-            return None
-        return probe
+        global _instances
+        _instances += 1
+        return cls(f"{own}/reflowes-{os.getpid()}-{_instances}")
 
-    def make(self, limit: int) -> str:
-        """A new group capped at `limit` bytes (0: uncapped); returns its directory."""
-        self._n += 1
-        path = f"{self.base}/{self._n}"
-        try:
+    def acquire(self, limit: int) -> Group:
+        """A group capped at `limit` bytes (0: uncapped) with a fresh peak."""
+        if self._free:
+            g = self._free.pop()
+        else:
+            self._n += 1
+            path = f"{self.base}/{self._n}"
+            if self._n == 1 or not os.path.isdir(self.base):
+                os.makedirs(self.base, exist_ok=True)
+                atexit.register(self.close)  # SIGKILL is the guardian's business
             os.mkdir(path)
-        except FileNotFoundError:  # closed before: start over
-            os.makedirs(path)
-        if limit > 0:
-            _write(f"{path}/memory.limit_in_bytes", limit)
+            self._memsw = os.path.exists(f"{path}/memory.memsw.limit_in_bytes")
+            g = Group(path, self._memsw)
+            g.ooms = _oom_kills(g)
+        if g.limit != limit:
+            value = b"%d" % limit if limit > 0 else b"-1"
+            if self._memsw:  # memsw >= mem at all times: lift it, set mem, then cap it
+                os.write(g.fds[6], b"-1")
+            os.write(g.fds[4], value)
             if self._memsw:  # no swapping past the limit either
-                _write(f"{path}/memory.memsw.limit_in_bytes", limit)
-        return path
+                os.write(g.fds[6], value)
+            g.limit = limit
+        return g
 
     @staticmethod
-    def prologue(path: str) -> str:
+    def prologue(g: Group) -> str:
         """The shell line that moves the step's shell into the group before it runs anything."""
-        return f"echo $$ > {shlex.quote(path + '/cgroup.procs')} || exit 126\n"
+        return f"echo $$ > {shlex.quote(g.path + '/cgroup.procs')} || exit 126\n"
 
     @staticmethod
-    def read(path: str) -> tuple[int, bool]:
-        """(peak bytes, OOM-killed) of a group whose processes have exited."""
+    def read(g: Group) -> tuple[int, bool]:
+        """(peak bytes, OOM-killed) of the exec that used `g`, once its processes exited."""
         try:
-            with open(f"{path}/memory.max_usage_in_bytes") as f:
-                peak = int(f.read())
-            with open(f"{path}/memory.oom_control") as f:
-                m = _OOM_KILL.search(f.read())
-        except OSError:
+            peak = int(os.pread(g.fds[0], 64, 0))
+            ooms = _oom_kills(g)
+        except (OSError, ValueError):
             return 0, False
-        return peak, bool(m and int(m.group(1)) > 0)
+        killed, g.ooms = ooms > g.ooms, ooms
+        return peak, killed
 
-    def remove(self, path: str) -> None:
-        """Delete a group (kept for a later try while exiting processes still hold it)."""
+    def release(self, g: Group) -> None:
+        """Back to the free list, emptied: stragglers killed, page cache uncharged, peak reset."""
         try:
-            os.rmdir(path)
-        except FileNotFoundError:
-            pass
-        except OSError:
-            self._stale.append(path)
-        if self._stale and path != self._stale[0]:
+            procs = os.pread(g.fds[3], 4096, 0).split()
+            for pid in procs:
+                os.kill(int(pid), signal.SIGKILL)
+            if procs:  # not reusable until they are gone
+                self._stale.append(g)
+                return
+            if int(os.pread(g.fds[2], 64, 0)) > _RESIDUE:  # e.g. the page cache of outputs
+                os.write(g.fds[5], b"0")
+            os.write(g.fds[0], b"0")
+        except (OSError, ValueError):
+            self._stale.append(g)
+            return
+        self._free.append(g)
+        if self._stale:
             stale, self._stale = self._stale, []
-            for p in stale:
-                try:
-                    os.rmdir(p)
-                except FileNotFoundError:
-                    pass
-                except OSError:
-                    self._stale.append(p)
+            for s in stale:
+                if os.pread(s.fds[3], 4096, 0).strip():
+                    self._stale.append(s)
+                else:
+                    self.release(s)
 
     def close(self) -> None:
         """Remove every group of this controller (waits briefly for killed processes)."""
+        for g in self._free + self._stale:
+            g.close()
+        self._free, self._stale = [], []
         remove_tree(self.base)
 
 
@@ -144,7 +186,7 @@ def remove_dead_groups(own: str) -> None:
     except OSError:
         return
     for e in entries:
-        pid = e.name.removeprefix("reflowes-")
+        pid = e.name.split("-")[1] if e.name.count("-") >= 1 else ""
         if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
             remove_tree(e.path, wait=0.2)
 
@@ -157,6 +199,6 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _write(path: str, value: int) -> None:
-    with open(path, "w") as f:
-        f.write(str(value))
+def _oom_kills(g: Group) -> int:
+    m = _OOM_KILL.search(os.pread(g.fds[1], 512, 0).decode())
+    return int(m.group(1)) if m else 0

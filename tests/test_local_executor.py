@@ -168,8 +168,11 @@ def test_dir_output(ex: LocalExecutor, repo: Repository) -> None:
 
 @pytest.mark.parametrize("memory", ["cgroup", "rlimit"])
 def test_memory_hog_is_oom(repo: Repository, tmp_path: Path, memory: str) -> None:
-    if memory == "cgroup" and MemoryGroups.open() is None:
-        pytest.skip("no writable cgroup v1 memory controller here")
+    if memory == "cgroup":
+        probe = MemoryGroups.open()
+        if probe is None:
+            pytest.skip("no writable cgroup v1 memory controller here")
+        probe.close()
     ex = LocalExecutor(repo, tmp_path / "execs", memory=memory)
     try:
         ex.put(spec("e8", f"{sys.executable} -c 'bytearray(400 << 20)'",
