@@ -180,7 +180,9 @@ class DockerExecutor:
         kwargs: dict[str, Any] = {
             "image": image, "command": ["sh", "-c", WRAPPER, "reflowes", cmd], "name": name,
             "labels": labels, "user": self.uid_gid, "working_dir": "/tmp",
-            "environment": dict(spec.env), "host_config": host_config}
+            "environment": dict(spec.env), "host_config": host_config,
+            # Our PID 1 ignores SIGTERM: make `docker stop` and engine shutdowns quick.
+            "stop_timeout": 2}
         try:
             cid = self.api.create_container(**kwargs)["Id"]
         except docker.errors.APIError as e:
@@ -357,8 +359,11 @@ class DockerExecutor:
             state = self.api.inspect_container(live.cid)["State"]
         if duration is None:
             duration = duration_of(state.get("StartedAt"), state.get("FinishedAt"))
-        oom = code != 0 and (bool(state.get("OOMKilled")) or meta.get("oom_kill", 0) > 0
-                             or (code == 137 and live.mem_limit > 0 and "rc" in meta))
+        # As Reflow does, any OOM kill in the container counts, even one a pipeline hid from the
+        # exit status (its output is likely truncated); a SIGKILLed step under a limit is a
+        # probable OOM (docker's flag and the cgroup counter are racy under load).
+        oom = (bool(state.get("OOMKilled")) or meta.get("oom_kill", 0) > 0
+               or (code == 137 and live.mem_limit > 0 and "rc" in meta))
         peak = meta.get("peak", 0)
         if code != 0 and "rc" not in meta and not oom:
             # PID 1 (our wrapper) never finished and no OOM was seen: the container was stopped
@@ -369,12 +374,12 @@ class DockerExecutor:
                                    f"step finished: {state.get('Error') or 'no error recorded'}")
         result: dict[str, FileRef] = {}
         error: str | None = None
-        if code == 0:
+        if oom:
+            error = (f"exited with status {code} (out of memory: limit {live.mem_limit} bytes, "
+                     f"peak {peak}, {meta.get('oom_kill', 0)} process(es) killed)")
+        elif code == 0:
             with self._lock:
                 result, error = self._collect(d / "out", live.outputs)
-        elif oom:
-            error = (f"exited with status {code} (out of memory: limit {live.mem_limit} bytes, "
-                     f"peak {peak})")
         else:
             error = f"exited with status {code}" + (
                 f": {state['Error']}" if state.get("Error") else "")

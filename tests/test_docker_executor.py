@@ -157,6 +157,12 @@ def test_memory_hog_is_oom_with_plausible_peak(ex):  # type: ignore[no-untyped-d
     assert "out of memory" in (ev.error or "")
 
 
+def test_oom_hidden_by_a_pipeline_still_counts(ex):  # type: ignore[no-untyped-def]
+    ev = run(ex, spec("head -c 80m /dev/zero | tail -c 80m | wc -c > {out}",
+                      outputs={"out": "file"}, resources=Resources(1, 64 * MiB)))
+    assert ev.exit_code == 0 and ev.oom and ev.result == {}, ev
+
+
 def test_environment_network_and_limits(ex, repo, docker_engine, batch, monkeypatch):  # type: ignore[no-untyped-def]
     monkeypatch.setenv("REFLOWES_HOST_SECRET", "leak")
     s = spec("env > {out}; ls /sys/class/net >> {out}; sleep 1",

@@ -3,13 +3,9 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import docker
 import pytest
@@ -21,7 +17,6 @@ from reflowes.events.model import AllocDied, AllocGranted, Event, ExecLost
 from reflowes.events.resources import GiB, MiB, Resources
 
 pytestmark = pytest.mark.docker
-ROOT = Path(__file__).resolve().parent.parent
 ONE = Resources(1, 1 * GiB)
 
 
@@ -99,70 +94,6 @@ def test_restore_collects_containers_of_dead_allocs(docker_engine, batch, tmp_pa
     finally:
         for c in batch_containers(docker_engine, other):
             c.remove(force=True)
-
-
-# ---------------------------------------------------------------- a second, disposable engine
-
-
-class SecondEngine:
-    """A dockerd of its own, started by scripts/docker-up.sh; never the main engine."""
-
-    def __init__(self) -> None:
-        tag = f"rfx-test-{os.getpid()}"
-        self.env = dict(
-            os.environ, DOCKER_SOCK=f"/run/{tag}.sock", DOCKER_DATA_ROOT=f"/var/lib/{tag}",
-            DOCKER_EXEC_ROOT=f"/run/{tag}", DOCKER_PIDFILE=f"/run/{tag}.pid",
-            DOCKERD_LOG=f"/tmp/{tag}.log", SKIP_APT="1",
-            DOCKERD_FLAGS=f"--iptables=false --bridge=none --cgroup-parent={tag}")
-        self.url = f"unix://{self.env['DOCKER_SOCK']}"
-
-    def start(self) -> None:
-        proc = subprocess.run([str(ROOT / "scripts" / "docker-up.sh")], env=self.env,
-                              capture_output=True, text=True, timeout=120, check=False)
-        assert proc.returncode == 0, proc.stderr
-
-    def pid(self) -> int:
-        try:
-            return int(Path(self.env["DOCKER_PIDFILE"]).read_text())
-        except (OSError, ValueError):
-            return 0
-
-    def stop(self) -> None:
-        """SIGTERM this engine's dockerd (by its own pidfile) and wait until it is gone."""
-        pid = self.pid()
-        if pid and _alive(pid):
-            os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + 30
-            while _alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.05)
-
-    def destroy(self) -> None:
-        self.stop()
-        roots = (self.env["DOCKER_EXEC_ROOT"], self.env["DOCKER_DATA_ROOT"])
-        with open("/proc/mounts") as f:
-            mounts = [line.split()[1] for line in f]
-        for m in sorted((m for m in mounts if m.startswith(roots)), key=len, reverse=True):
-            subprocess.run(["umount", "-l", m], check=False)
-        subprocess.run(["rm", "-rf", *roots, self.env["DOCKER_SOCK"]], check=False)
-
-
-def _alive(pid: int) -> bool:
-    """Running and not a zombie (PID 1 here reaps late)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except OSError:
-        return False
-
-
-@pytest.fixture
-def engine2(docker_engine) -> Iterator[SecondEngine]:  # type: ignore[no-untyped-def]
-    e = SecondEngine()
-    try:
-        e.start()
-        yield e
-    finally:
-        e.destroy()
 
 
 @pytest.mark.slow
