@@ -6,6 +6,7 @@ Also holds the repository's intern memo. A hit whose objects are gone is a miss.
 
 from __future__ import annotations
 
+import atexit
 import os
 import sqlite3
 import time
@@ -18,6 +19,7 @@ from reflowes.events.model import FileRef, Result
 
 DB_NAME = "cache.sqlite"
 _BUSY_MS = 10_000
+_MEMO_BATCH = 512
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS cache (
     key TEXT PRIMARY KEY, result TEXT NOT NULL, created REAL NOT NULL
@@ -68,6 +70,17 @@ class Cache:
         self.root.mkdir(parents=True, exist_ok=True)
         self.db = connect(self.root / DB_NAME)
         self._repo = repo
+        self._memo_mem: dict[str, tuple[int, int, int, str]] = {}
+        self._memo_dirs: set[str] = set()
+        self._memo_buf: list[tuple[str, int, int, int, str]] = []
+        self._memo_since = 0.0
+        atexit.register(self._at_exit)
+
+    def _at_exit(self) -> None:
+        try:
+            self.flush_memo()
+        except sqlite3.Error:
+            pass
 
     def _repository(self):  # type: ignore[no-untyped-def]
         if self._repo is None:
@@ -77,13 +90,24 @@ class Cache:
         return self._repo
 
     def close(self) -> None:
+        """Flush the memo and close the database."""
+        self.flush_memo()
+        atexit.unregister(self._at_exit)
         self.db.close()
 
     # ------------------------------------------------------------ the index
 
     def get(self, key: str) -> dict[str, FileRef] | None:
         """The result stored under `key`, unless absent or its objects are gone."""
-        return self.get_many([key]).get(key)
+        row = self.db.execute("SELECT result FROM cache WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            return None
+        try:
+            result = _decode_one(row[0])
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return None
+        repo = self._repository()
+        return result if all(repo.has(r) for r in result.values()) else None
 
     def get_many(self, keys: list[str]) -> dict[str, dict[str, FileRef]]:
         """{key: result} for every key that hits (one query; missing objects are misses)."""
@@ -149,23 +173,45 @@ class Cache:
     # ------------------------------------------------------------ the intern memo
 
     def memo_get_many(self, entries: list[tuple[str, int, int, int]]) -> dict[str, str]:
-        """{path: digest} for the (path, size, mtime_ns, inode) entries that are unchanged."""
-        if not entries:
-            return {}
-        want = {e[0]: e for e in entries}
-        rows = self.db.execute(
-            "SELECT path, size, mtime_ns, inode, digest FROM intern_memo "
-            "WHERE path IN (SELECT value FROM json_each(?))",
-            (_encode(list(want)).decode(),),
-        ).fetchall()
-        return {p: d for p, s, m, i, d in rows if want[p] == (p, s, m, i)}
+        """{path: digest} for the (path, size, mtime_ns, inode) entries that are unchanged.
+        Reads the memo a directory at a time (one range query), then from memory."""
+        dirs = {os.path.dirname(e[0]) for e in entries} - self._memo_dirs
+        for d in dirs:
+            lo = d.rstrip("/") + "/"
+            rows = self.db.execute(
+                "SELECT path, size, mtime_ns, inode, digest FROM intern_memo "
+                "WHERE path >= ? AND path < ?", (lo, lo[:-1] + "0"),
+            ).fetchall()
+            for p, size, mtime, ino, digest in rows:
+                self._memo_mem.setdefault(p, (size, mtime, ino, digest))
+            self._memo_dirs.add(d)
+        out: dict[str, str] = {}
+        for p, size, mtime, ino in entries:
+            m = self._memo_mem.get(p)
+            if m is not None and m[0] == size and m[1] == mtime and m[2] == ino:
+                out[p] = m[3]
+        return out
 
     def memo_put_many(self, entries: list[tuple[str, int, int, int, str]]) -> None:
-        """Remember (path, size, mtime_ns, inode, digest) entries."""
+        """Remember (path, size, mtime_ns, inode, digest) entries; written in batches (a memo
+        lost in a crash only costs a re-hash)."""
+        for p, size, mtime, ino, digest in entries:
+            self._memo_mem[p] = (size, mtime, ino, digest)
+        if not self._memo_buf:
+            self._memo_since = time.monotonic()
+        self._memo_buf.extend(entries)
+        if len(self._memo_buf) >= _MEMO_BATCH or time.monotonic() - self._memo_since > 1.0:
+            self.flush_memo()
+
+    def flush_memo(self) -> None:
+        """Write the buffered intern memo entries."""
+        if not self._memo_buf:
+            return
+        buf, self._memo_buf = self._memo_buf, []
         with self._txn():
             self.db.executemany(
                 "INSERT OR REPLACE INTO intern_memo(path, size, mtime_ns, inode, digest) "
-                "VALUES (?, ?, ?, ?, ?)", entries,
+                "VALUES (?, ?, ?, ?, ?)", buf,
             )
 
     def _txn(self) -> _Txn:

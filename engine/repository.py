@@ -251,6 +251,11 @@ class Repository:
             self._memo = Cache(self.root, repo=self)
         return self._memo
 
+    def flush(self) -> None:
+        """Write the buffered intern memo (also done at exit)."""
+        if self._memo is not None:
+            self._memo.flush_memo()  # type: ignore[attr-defined]
+
     def intern(self, source: str | os.PathLike[str], kind: str | None = None) -> FileRef:
         """A local path or file:// URL as a repository value; unchanged files are not re-hashed
         (memo of (abspath, size, mtime_ns, inode) -> digest in the cache db). `kind` ("file" or

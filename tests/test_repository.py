@@ -137,6 +137,7 @@ def test_intern_memo_skips_rehash_until_file_changes(
         p.write_bytes(f"content {i}".encode())
         files.append(p)
     first = repo.intern_many(files)
+    repo.flush()
     hashed: list[str] = []
     original = Repository.put_file
 
