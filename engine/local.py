@@ -1,8 +1,6 @@
-"""The local executor: each exec is a `/bin/sh -c` process in a private dir `workdir/<exec id>/`.
-
-Steps run in their own process group under a guardian process that kills them when the
-controller dies; memory is capped by a per-exec cgroup, else RLIMIT_AS. Imports no docker.
-"""
+"""The local executor: each exec is a `/bin/sh -c` process in a private dir `workdir/<exec id>/`
+(inputs under in/, outputs under out/, stdout, stderr; HOME and TMPDIR point there), in its own
+process group watched by a guardian; memory capped by a cgroup, else RLIMIT_AS. No docker."""
 
 from __future__ import annotations
 
@@ -13,62 +11,24 @@ import select
 import shlex
 import shutil
 import signal
-import subprocess
-import sys
 import time
 
 from reflowes.engine.errors import InfraError
 from reflowes.engine.executor import ExecSpec, render
 from reflowes.engine.localmem import Group, MemoryGroups
 from reflowes.engine.localpool import LocalPool
+from reflowes.engine.localproc import MARKER, Guardian, kill_if_ours, kill_marked, tail
 from reflowes.engine.repository import Repository, RepositoryError
 from reflowes.events.model import Event, ExecCreated, ExecExited, ExecLost, ExecStarted, FileRef
 
-__all__ = ["LocalExecutor", "LocalPool"]
+__all__ = ["MARKER", "LocalExecutor", "LocalPool"]
 
 SHELL = "/bin/sh"
-MARKER = "REFLOWES_EXEC"  # in every step's environment: how recover() knows a pid is ours
-TAIL_LINES = 20
-_TAIL_BYTES = 8192
 # An allocation failing under RLIMIT_AS shows up as an error message, not a signal.
 _OOM_TEXT = re.compile(
     rb"MemoryError|Cannot allocate memory|out of memory|bad_alloc|memory exhausted|"
     rb"failed to allocate|Out of memory|cannot allocate|std::bad_alloc|ENOMEM", re.IGNORECASE
 )
-
-# Reads "+pgid" / "-pgid" lines; at EOF (the controller exited or died) kills every group left.
-_GUARDIAN = """
-import os, signal, sys
-for s in (signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGPIPE):
-    signal.signal(s, signal.SIG_IGN)
-groups = set()
-for line in sys.stdin.buffer:
-    try:
-        pg = int(line[1:])
-    except ValueError:
-        continue
-    if line[:1] == b"+":
-        groups.add(pg)
-    else:
-        groups.discard(pg)
-for pg in groups:
-    try:
-        os.killpg(pg, signal.SIGKILL)
-    except OSError:
-        pass
-import time
-deadline = time.monotonic() + 2
-while len(sys.argv) > 1 and os.path.isdir(sys.argv[1]) and time.monotonic() < deadline:
-    for e in os.scandir(sys.argv[1]):
-        try:
-            os.rmdir(e.path)
-        except OSError:
-            pass
-    try:
-        os.rmdir(sys.argv[1])
-    except OSError:
-        time.sleep(0.02)
-"""
 
 
 class _Exec:
@@ -94,8 +54,9 @@ class LocalExecutor:
         self, repo: Repository, workdir: str | os.PathLike[str], memory: str = "auto"
     ) -> None:
         """`memory`: "cgroup" (cgroup v1 memory groups, reused: RSS+cache limit, exact peak,
-        OOM kills counted), "rlimit" (RLIMIT_AS: address-space limit, allocation failures read as OOM),
-        "auto" (cgroup when the controller's memory cgroup is writable, else rlimit)."""
+        OOM kills counted), "rlimit" (RLIMIT_AS: an address-space limit; failed allocations
+        read as OOM; peak from ru_maxrss), "auto" (cgroup if the controller's memory cgroup
+        is writable, else rlimit)."""
         if memory not in ("auto", "cgroup", "rlimit"):
             raise ValueError(f"memory must be auto, cgroup or rlimit, not {memory!r}")
         self._mem = MemoryGroups.open() if memory != "rlimit" else None
@@ -111,38 +72,9 @@ class LocalExecutor:
         self._live: dict[int, _Exec] = {}  # by pidfd
         self._ready: list[Event] = []  # outcomes decided at put time (staging failures)
         self._poller = select.poll()
-        self._guardian: subprocess.Popen[bytes] | None = None
-        self._guard_buf: list[bytes] = []
+        self._guardian = Guardian(self._mem.base if self._mem is not None else None)
         self._path = os.environ.get("PATH") or os.defpath
         self._null_fds = [(os.POSIX_SPAWN_OPEN, fd, os.devnull, os.O_RDWR, 0) for fd in (0, 1, 2)]
-
-    # ------------------------------------------------------------ the guardian
-
-    def _guard(self, line: bytes) -> None:
-        """Tell the guardian about a group ("+pgid") or that it ended ("-pgid"); buffered
-        until the next poll so a busy loop makes one write per poll, not two per exec."""
-        self._guard_buf.append(line)
-
-    def _guard_flush(self) -> None:
-        if not self._guard_buf:
-            return
-        data, self._guard_buf = b"".join(self._guard_buf), []
-        g = self._guardian
-        if g is None:
-            argv = [sys.executable, "-I", "-S", "-c", _GUARDIAN] + (
-                [self._mem.base] if self._mem is not None else [])
-            g = self._guardian = subprocess.Popen(
-                argv, stdin=subprocess.PIPE,
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                bufsize=0,
-            )
-        assert g.stdin is not None
-        try:
-            g.stdin.write(data)
-        except BrokenPipeError:  # the guardian was killed: start another for the live groups
-            self._guardian = None
-            self._guard_buf = [b"+%d\n" % e.pid for e in self._live.values()]
-            self._guard_flush()
 
     # ------------------------------------------------------------ put
 
@@ -155,7 +87,7 @@ class LocalExecutor:
         try:
             os.mkdir(d)
         except FileExistsError:  # left by an earlier controller: its process must not live on
-            _kill_marked(spec.exec_id)
+            kill_marked(spec.exec_id)
             shutil.rmtree(d)
             os.mkdir(d)
         # Every mkdir costs (metadata ops are slow on a busy disk): only the dirs needed.
@@ -197,9 +129,9 @@ class LocalExecutor:
         env[MARKER] = spec.exec_id
         pid = os.posix_spawn(SHELL, [SHELL, "-c", prologue + cmd], env, setpgroup=0,
                              file_actions=self._null_fds)
-        self._guard(b"+%d\n" % pid)
-        if self._guardian is None:  # the first step: the guardian starts now, not at poll
-            self._guard_flush()
+        self._guardian.add(pid)
+        if not self._guardian.started:  # the first step: the guardian starts now, not at poll
+            self._guardian.flush([pid])
         pidfd = os.pidfd_open(pid)
         self._live[pidfd] = _Exec(spec, d, pid, pidfd, limit, cgroup)
         self._poller.register(pidfd, select.POLLIN)
@@ -221,7 +153,7 @@ class LocalExecutor:
 
     def poll(self, timeout: float) -> list[Event]:
         """Outcomes of the execs that ended, waiting up to `timeout` seconds for the first."""
-        self._guard_flush()
+        self._guardian.flush([e.pid for e in self._live.values()])
         out, self._ready = self._ready, []
         if out:
             timeout = 0
@@ -261,7 +193,7 @@ class LocalExecutor:
             os.killpg(ex.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-        self._guard(b"-%d\n" % ex.pid)
+        self._guardian.remove(ex.pid)
         self._poller.unregister(ex.pidfd)
         os.close(ex.pidfd)
         del self._live[ex.pidfd]
@@ -273,14 +205,14 @@ class LocalExecutor:
             code = 128 - code  # like a shell (and Docker): killed by signal N -> 128 + N
         duration = time.monotonic() - ex.started
         if code != 0:
-            tail = _tail(f"{ex.dir}/stderr")
+            last = tail(f"{ex.dir}/stderr")
             # cgroup: the kernel's OOM-kill counter says; rlimit: a failed allocation's message
             oom = oom_killed or (ex.cgroup is None and ex.limit > 0
-                                 and _OOM_TEXT.search(tail.encode()) is not None)
+                                 and _OOM_TEXT.search(last.encode()) is not None)
             if oom:  # the step needed more than its limit: the core's retry reads this
                 peak = max(peak, ex.limit)
             return ExecExited(exec_id=spec.exec_id, task_id=spec.task_id, exit_code=code,
-                              oom=oom, peak_mem=peak, stderr_tail=tail, duration=duration,
+                              oom=oom, peak_mem=peak, stderr_tail=last, duration=duration,
                               error=f"exited with status {code}" + (" (out of memory)" if oom
                                                                     else ""))
         result: dict[str, FileRef] = {}
@@ -297,7 +229,7 @@ class LocalExecutor:
                     result[name] = self.repo.put_file(p, move=True)
             except FileNotFoundError:
                 return ExecExited(exec_id=spec.exec_id, task_id=spec.task_id, exit_code=0,
-                                  peak_mem=peak, duration=duration, stderr_tail=_tail(
+                                  peak_mem=peak, duration=duration, stderr_tail=tail(
                                       f"{ex.dir}/stderr"),
                                   error=f"step produced no declared output {name!r}")
             except OSError as e:
@@ -315,7 +247,7 @@ class LocalExecutor:
             return []  # ours, in this controller: its outcome comes through poll
         self._known.add(exec_id)
         pid = int(handle) if handle and handle.isdigit() else 0
-        killed = pid > 0 and _kill_if_ours(pid, exec_id)
+        killed = pid > 0 and kill_if_ours(pid, exec_id)
         reason = (f"process {pid} killed: a local exec cannot be re-attached after a restart"
                   if killed else "the controller restarted and the step's process is gone")
         return [ExecLost(exec_id=exec_id, task_id=task_id, reason=reason)]
@@ -353,57 +285,7 @@ class LocalExecutor:
             self._forget(ex)
             if ex.cgroup is not None:
                 ex.cgroup.close()
-        self._guard_flush()
+        self._guardian.flush([])
         if self._mem is not None:
             self._mem.close()
-        g, self._guardian = self._guardian, None
-        if g is not None:
-            assert g.stdin is not None
-            g.stdin.close()
-            g.wait()
-
-
-def _tail(path: str, lines: int = TAIL_LINES) -> str:
-    """The last `lines` lines of a log file."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - _TAIL_BYTES))
-            data = f.read()
-    except OSError:
-        return ""
-    return b"\n".join(data.rstrip(b"\n").split(b"\n")[-lines:]).decode("utf-8", "replace")
-
-
-def _is_ours(pid: int, exec_id: str) -> bool:
-    """True when `pid` runs a step of exec `exec_id` (its environment carries the marker)."""
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as f:
-            env = f.read()
-    except OSError:
-        return False
-    return f"{MARKER}={exec_id}".encode() in env.split(b"\0")
-
-
-def _kill_if_ours(pid: int, exec_id: str) -> bool:
-    if not _is_ours(pid, exec_id):
-        return False
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            return False
-    return True
-
-
-def _kill_marked(exec_id: str) -> None:
-    """Kill any process left running for `exec_id` by an earlier controller (rare path)."""
-    try:
-        pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
-    except OSError:
-        return
-    for pid in pids:
-        _kill_if_ours(pid, exec_id)
+        self._guardian.close()
