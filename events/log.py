@@ -13,7 +13,6 @@ from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Protocol, Self
 
-import sqlite_utils
 from reflowes.events import codec
 from reflowes.events.errors import (
     BadEventBody,
@@ -176,6 +175,8 @@ _TRIGGERS = [
 
 def _create(path: str) -> None:
     """Write an empty log beside `path`, then link it into place: a log file is whole or absent."""
+    import sqlite_utils  # a cold path; importing it costs writers and CLIs ~0.3 s at start
+
     tmp = path + ".creating"
     for leftover in (tmp, tmp + "-wal", tmp + "-shm", tmp + "-journal"):
         if os.path.exists(leftover):
@@ -315,6 +316,7 @@ class SqliteLog:
                 if not readonly:
                     conn.execute("PRAGMA journal_mode = WAL")
                     conn.execute("PRAGMA synchronous = FULL")
+                    _settle(conn)
             except BaseException:
                 conn.close()
                 raise
@@ -523,6 +525,22 @@ def _check_size(conn: sqlite3.Connection, path: str) -> None:
     actual = os.path.getsize(path)
     if pages * size > actual:
         raise corrupt(path, f"truncated: {actual} bytes on disk, {pages * size} expected", conn)
+
+
+def _settle(conn: sqlite3.Connection) -> None:
+    """Decide, before this writer appends, the fate of a group a crashed writer left in doubt.
+
+    A writer killed inside COMMIT can leave a whole committed transaction in the WAL that the
+    shared-memory index does not show yet: invisible to every open connection, it would appear
+    later, when the last connection closes and the next one rebuilds the index. Truncating the
+    WAL here (it copies only visible frames) settles it: such a group, never acknowledged, is
+    gone for good, and nothing appears behind a reader's back. Best effort: if a reader holds a
+    snapshot past the busy timeout, the next append overwrites those frames anyway.
+    """
+    try:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+    except sqlite3.OperationalError:
+        pass
 
 
 def _integrity(conn: sqlite3.Connection, path: str, pragma: str) -> None:
