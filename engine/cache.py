@@ -12,10 +12,14 @@ import sqlite3
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import msgspec
 
 from reflowes.events.model import FileRef, Result
+
+if TYPE_CHECKING:
+    from reflowes.engine.repository import Repository
 
 DB_NAME = "cache.sqlite"
 _BUSY_MS = 10_000
@@ -65,7 +69,7 @@ def _decode_rows(texts: list[str]) -> list[_Result | None]:
 class Cache:
     """key -> successful step result; `get_many` answers a whole batch with one query."""
 
-    def __init__(self, root: str | os.PathLike[str], repo: object | None = None) -> None:
+    def __init__(self, root: str | os.PathLike[str], repo: Repository | None = None) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.db = connect(self.root / DB_NAME)
@@ -82,7 +86,7 @@ class Cache:
         except sqlite3.Error:
             pass
 
-    def _repository(self):  # type: ignore[no-untyped-def]
+    def _repository(self) -> Repository:
         if self._repo is None:
             from reflowes.engine.repository import Repository
 

@@ -13,10 +13,14 @@ import shutil
 import stat
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlparse
 
 from reflowes.engine.errors import InfraError, UserError
 from reflowes.events.model import FileRef
+
+if TYPE_CHECKING:
+    from reflowes.engine.cache import Cache
 
 _CHUNK = 1 << 20
 _READONLY = 0o444
@@ -64,7 +68,7 @@ class Repository:
         self._objects_s = str(self.objects)
         self._made_dirs: set[str] = set()
         self._listings: dict[str, dict[str, list[object]]] = {}
-        self._memo: object | None = None  # the Cache holding the intern memo, opened lazily
+        self._memo: Cache | None = None  # the Cache holding the intern memo, opened lazily
 
     # ------------------------------------------------------------ paths and lookups
 
@@ -244,7 +248,7 @@ class Repository:
 
     # ------------------------------------------------------------ interning inputs
 
-    def _memo_cache(self):  # type: ignore[no-untyped-def]
+    def _memo_cache(self) -> Cache:
         if self._memo is None:
             from reflowes.engine.cache import Cache
 
@@ -254,7 +258,7 @@ class Repository:
     def flush(self) -> None:
         """Write the buffered intern memo (also done at exit)."""
         if self._memo is not None:
-            self._memo.flush_memo()  # type: ignore[attr-defined]
+            self._memo.flush_memo()
 
     def intern(self, source: str | os.PathLike[str], kind: str | None = None) -> FileRef:
         """A local path or file:// URL as a repository value; unchanged files are not re-hashed
