@@ -1,23 +1,26 @@
 """Records: an id -> record map whose finished records can stay encoded ("cold") in a snapshot.
 
 Opening a big log must not decode every finished run, attempt and exec: a snapshot stores them
-as msgpack segments plus their ids, and the first lookup of a cold id (or any full listing)
-decodes them all ("thaws"). Hot and cold ids never overlap. Imports only msgspec and the stdlib.
+as zlib-compressed msgpack segments plus their ids, and the first lookup of a cold id (or any
+full listing) decodes them all ("thaws"). Hot and cold ids never overlap. Segments written by
+one snapshot are reused as they are by the next. Imports only msgspec and the stdlib.
 """
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
 import msgspec
 
 T = TypeVar("T")
-Segment = tuple[list[str], msgspec.Raw]  # the ids, and the encoded dict of those records
+Segment = tuple[bytes, bytes]  # zlib(msgpack(ids)), zlib(msgpack({id: record}))
 Wire = tuple[msgspec.Raw, list[Segment]]  # hot records encoded, then the cold segments
 
 _encoder = msgspec.msgpack.Encoder()
 _decoders: dict[Any, msgspec.msgpack.Decoder[Any]] = {}
+_ids = msgspec.msgpack.Decoder(list[str])
 
 
 def _decoder(value_type: Any) -> msgspec.msgpack.Decoder[Any]:
@@ -38,7 +41,7 @@ class Records(Generic[T]):
         self._segments: list[Segment] = segments or []
         self._cold: set[str] = set()
         for ids, _ in self._segments:
-            self._cold.update(ids)
+            self._cold.update(_ids.decode(zlib.decompress(ids)))
         self._type = value_type
 
     # ------------------------------------------------------------ lookups
@@ -108,8 +111,8 @@ class Records(Generic[T]):
             return
         dec = _decoder(self._type)
         merged: dict[str, T] = {}
-        for _, raw in self._segments:
-            merged.update(dec.decode(raw))
+        for _, packed in self._segments:
+            merged.update(dec.decode(zlib.decompress(packed)))
         merged.update(self.hot)
         self.hot = merged
         self._segments = []
@@ -119,7 +122,8 @@ class Records(Generic[T]):
         """Move finished hot records into a new cold segment; the map's snapshot form."""
         done = {k: v for k, v in self.hot.items() if finished(v)}
         if done:
-            self._segments.append((list(done), msgspec.Raw(_encoder.encode(done))))
+            self._segments.append((zlib.compress(_encoder.encode(list(done)), 1),
+                                   zlib.compress(_encoder.encode(done), 1)))
             self._cold.update(done)
             for k in done:
                 del self.hot[k]
