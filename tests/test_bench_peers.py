@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.peers import engines, report, runner
+from benchmarks.peers import engines, measure, report, runner
 from benchmarks.peers import workloads as wl
 from benchmarks.peers.report import Row
 
@@ -107,3 +107,14 @@ def test_snakemake_refusals_map_to_the_flags_it_demands() -> None:
     fix = e.fix_for("IncompleteFilesException ... --rerun-incomplete", ["--unlock"])
     assert fix is not None and fix.flag == "--rerun-incomplete"
     assert e.fix_for("all fine", []) is None
+
+
+def test_measure_kills_the_whole_group_on_cue_and_on_a_stall(tmp_path: Path) -> None:
+    script = "sleep 30 & sleep 30 & echo started; wait"
+    m = measure.run(["sh", "-c", script], tmp_path, tmp_path / "log", kill_when=lambda: True)
+    assert m.killed and not m.timed_out and m.wall < 5
+    assert "started" in (tmp_path / "log").read_text() or m.wall < 5
+    m = measure.run(["sh", "-c", script], tmp_path, tmp_path / "log", pending=lambda: 3, stall=0.3)
+    assert m.stalled and m.timed_out and not m.killed and m.wall < 5
+    m = measure.run(["sh", "-c", "echo ok"], tmp_path, tmp_path / "log", pending=lambda: 0)
+    assert (m.returncode, m.killed, m.timed_out) == (0, False, False) and m.peak_rss > 0

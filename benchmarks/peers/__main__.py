@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -76,6 +78,9 @@ def sort_key(names: list[str]):  # type: ignore[no-untyped-def]
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    # SIGTERM unwinds like ^C, so measure.run kills the engine's process group on the way out.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    args.load_start = os.getloadavg()[0]
     t0 = time.monotonic()
     env_dir = venv.ensure()
     chosen = engines.make(args.engines, env_dir)
@@ -143,6 +148,9 @@ def section(
     return f"""Command: `python -m benchmarks.peers` (this run: `--sizes {",".join(map(str, args.sizes))}
 --engines {",".join(args.engines)}`{" --skip-crash" if args.skip_crash else ""}; {minutes:.0f} min).
 {now}; {report.machine()}. Versions: {vers}.
+Load average (1 min) {args.load_start:.1f} at the start and {os.getloadavg()[0]:.1f} at the end:
+other sessions share these 2 cores, so absolute figures are noisy; ratios within a row group
+were measured minutes apart under similar load.
 
 Every engine runs the same shell command per step, `echo i > out/i.txt` (reflowes:
 `echo {{i}} > {{out}}`, one CSV row per step), with parallelism 2. **W(N)**: N independent steps.

@@ -68,6 +68,10 @@ class Engine:
         except FileNotFoundError:
             return 0
 
+    def progress(self, wd: Path) -> int:
+        """Steps started or finished so far, as seen from outside (for stall detection)."""
+        return self.finished_count(wd) + (wd / "all.txt").exists()
+
     def fix_for(self, log_text: str, applied: list[str]) -> Fix | None:
         """The fix an engine's refusal to resume asks for, if it refused."""
         return None
@@ -213,11 +217,17 @@ class Reflowes(Engine):
         except FileNotFoundError:
             return 0
 
+    def progress(self, wd: Path) -> int:
+        try:
+            return sum(1 for _ in os.scandir(wd / "w.reflowes" / "execs"))
+        except FileNotFoundError:
+            return 0
+
     def exec_events(self, wd: Path) -> list[dict[str, object]]:
         """exec.created / exec.exited events from `reflowes replay --json`, in log order."""
         exe = shutil.which("reflowes") or "reflowes"
         res = subprocess.run(
-            [exe, "replay", "w.csv", "--json"],
+            [exe, "replay", "w.csv", "--json", "--kind", "exec."],
             cwd=wd,
             env=self.env(wd),
             check=False,
@@ -256,7 +266,7 @@ class Reflowes(Engine):
 
 def _step_key(ev: dict[str, object]) -> str:
     """What identifies a step across attempts: its cache key if the event has one, else its id."""
-    for field in ("key", "exec_key", "flow", "task", "exec_id", "id"):
+    for field in ("task_id", "key", "exec_id", "id"):
         if field in ev:
             return str(ev[field])
     data = ev.get("data")

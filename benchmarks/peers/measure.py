@@ -29,6 +29,7 @@ class Measurement:
     returncode: int | None
     killed: bool = False  # we SIGKILLed its process group on cue
     timed_out: bool = False
+    stalled: bool = False  # no new output for `stall` seconds while some were missing
     log: str = ""  # path of its captured stdout+stderr
 
 
@@ -63,11 +64,7 @@ class _Sampler(threading.Thread):
 
 
 def _wait_group_gone(pgid: int, deadline: float) -> None:
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return
+    while time.monotonic() < deadline and _group_alive(pgid):
         time.sleep(0.02)
 
 
@@ -78,8 +75,12 @@ def run(
     env: dict[str, str] | None = None,
     timeout: float = 600.0,
     kill_when: Callable[[], bool] | None = None,
+    pending: Callable[[], int] | None = None,
+    stall: float = 180.0,
 ) -> Measurement:
-    """Run argv in cwd (new session); SIGKILL its whole group when kill_when() turns true."""
+    """Run argv in cwd (new session); SIGKILL its whole group when kill_when() turns true, at
+    the timeout, or when pending() (outputs still missing) stays above 0 and unchanged for stall s.
+    """
     with open(log, "ab") as out:
         t0 = time.monotonic()
         proc = subprocess.Popen(
@@ -87,20 +88,32 @@ def run(
         )
         sampler = _Sampler(proc.pid)
         sampler.start()
-        killed = timed_out = False
-        status = None
-        rusage = None
-        while True:
-            pid, status, rusage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            if kill_when is not None and not killed and kill_when():
-                os.killpg(proc.pid, signal.SIGKILL)
-                killed = True
-            elif not killed and time.monotonic() - t0 > timeout:
-                os.killpg(proc.pid, signal.SIGKILL)
-                killed = timed_out = True
-            time.sleep(0.01)
+        killed, why = False, ""
+        status, rusage = 0, None
+        last, last_change, next_check = -1, t0, t0
+        try:
+            while True:
+                pid, status, rusage = os.wait4(proc.pid, os.WNOHANG)
+                if pid:
+                    break
+                now = time.monotonic()
+                if not killed and kill_when is not None and kill_when():
+                    why = "cue"
+                elif not killed and now - t0 > timeout:
+                    why = "timeout"
+                elif not killed and pending is not None and now >= next_check:
+                    left, next_check = pending(), now + min(1.0, stall / 4)
+                    if left != last:
+                        last, last_change = left, now
+                    elif left > 0 and now - last_change > stall:
+                        why = "stalled"
+                if why and not killed:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    killed = True
+                time.sleep(0.01)
+        except BaseException:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise
         wall = time.monotonic() - t0
         proc.returncode = os.waitstatus_to_exitcode(status)
         # Orphaned workers of the group must be gone before anyone looks at the outputs.
@@ -115,15 +128,23 @@ def run(
         wall=wall,
         peak_rss=peak,
         returncode=proc.returncode,
-        killed=killed and not timed_out,
-        timed_out=timed_out,
+        killed=why == "cue",
+        timed_out=why in ("timeout", "stalled"),
+        stalled=why == "stalled",
         log=str(log),
     )
 
 
 def _group_alive(pgid: int) -> bool:
+    """Any live (non-zombie) process left in the group? Zombies wait on whoever reaps orphans."""
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:
         return False
-    return True
+    for p in psutil.process_iter():
+        try:
+            if os.getpgid(p.pid) == pgid and p.status() != psutil.STATUS_ZOMBIE:
+                return True
+        except (ProcessLookupError, psutil.Error):
+            pass
+    return False

@@ -6,6 +6,7 @@ Each cold run gets a fresh work dir; the done run repeats the same command in th
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from benchmarks.peers import measure
@@ -14,6 +15,7 @@ from benchmarks.peers.report import Row
 from benchmarks.peers.workloads import Workload
 
 LIMIT_SECONDS = 600.0
+STALL_SECONDS = 180.0  # no new step output for this long while some are missing: a hang
 
 
 def estimate(points: list[tuple[int, float]], n: int) -> float | None:
@@ -38,7 +40,28 @@ def _fresh(work: Path, engine: Engine, name: str) -> Path:
     return wd
 
 
+def _run(
+    engine: Engine,
+    w: Workload,
+    wd: Path,
+    extra: list[str] | None = None,
+    kill_when: Callable[[], bool] | None = None,
+) -> measure.Measurement:
+    return measure.run(
+        engine.argv(w) + (extra or []),
+        wd,
+        wd / "engine.log",
+        engine.env(wd),
+        LIMIT_SECONDS,
+        kill_when=kill_when,
+        pending=lambda: w.steps - engine.progress(wd),
+        stall=STALL_SECONDS,
+    )
+
+
 def _verdict(engine: Engine, wd: Path, w: Workload, m: measure.Measurement) -> str:
+    if m.stalled:
+        return f"FAILED: hung (no new step for {STALL_SECONDS:.0f} s), killed (log {m.log})"
     if m.timed_out:
         return f"killed at the {LIMIT_SECONDS:.0f} s limit"
     missing, wrong = check_outputs(wd, engine.expected(w))
@@ -54,7 +77,7 @@ def cold(engine: Engine, version: str, w: Workload, work: Path, done_too: bool) 
     """Run w from nothing; then, if asked, the same command again with everything done."""
     wd = _fresh(work, engine, f"{w.kind}{w.n}")
     engine.prepare(wd, w)
-    m = measure.run(engine.argv(w), wd, wd / "engine.log", engine.env(wd), LIMIT_SECONDS)
+    m = _run(engine, w, wd)
     note = _verdict(engine, wd, w, m)
     rows = [
         Row(
@@ -72,7 +95,7 @@ def cold(engine: Engine, version: str, w: Workload, work: Path, done_too: bool) 
     print(f"  {engine.name:9} {w.label:10} cold  {m.wall:8.2f} s {note}", flush=True)
     if done_too and not note:
         before = engine.snapshot(wd, w)
-        m2 = measure.run(engine.argv(w), wd, wd / "engine.log", engine.env(wd), LIMIT_SECONDS)
+        m2 = _run(engine, w, wd)
         note2 = _verdict(engine, wd, w, m2)
         reran = engine.reran(wd, w, before)
         if reran:
@@ -98,53 +121,38 @@ def crash(engine: Engine, version: str, w: Workload, work: Path) -> Row:
     """SIGKILL the engine's group at ~50% of w, rerun the same command, count steps run again."""
     wd = _fresh(work, engine, f"{w.kind}{w.n}-crash")
     engine.prepare(wd, w)
-    log = wd / "engine.log"
     target = w.n // 2
-    m = measure.run(
-        engine.argv(w),
-        wd,
-        log,
-        engine.env(wd),
-        LIMIT_SECONDS,
-        kill_when=lambda: engine.finished_count(wd) >= target,
-    )
+    row = Row(engine.name, version, w.kind, w.n, "resume", w.steps)
+    m = _run(engine, w, wd, kill_when=lambda: engine.finished_count(wd) >= target)
     if not m.killed:
-        return Row(
-            engine.name,
-            version,
-            w.kind,
-            w.n,
-            "resume",
-            w.steps,
-            None,
-            None,
-            f"not killed: it ended (exit {m.returncode}) before {target} outputs",
-        )
+        row.note = _verdict(engine, wd, w, m) or f"not killed: it ended before {target} outputs"
+        return row
     at_kill = engine.finished_count(wd)
     before = engine.snapshot(wd, w)
     notes: list[str] = []
     applied: list[str] = []
     flags: list[str] = []
     wall, peak = 0.0, 0
+    log = wd / "engine.log"
     for _ in range(4):
         offset = log.stat().st_size
-        m = measure.run(engine.argv(w) + flags, wd, log, engine.env(wd), LIMIT_SECONDS)
+        m = _run(engine, w, wd, flags)
         wall, peak = wall + m.wall, max(peak, m.peak_rss)
-        if m.returncode == 0:
+        if m.returncode == 0 or m.timed_out:
             break
         text = log.read_bytes()[offset:].decode(errors="replace")
         fix = engine.fix_for(text, applied)
         if fix is None:
-            notes.append(f"rerun FAILED (exit {m.returncode}, log {log})")
             break
         notes.append(fix.note)
         if fix.before:
             applied.append(fix.before[0])
-            mb = measure.run(engine.argv(w) + fix.before, wd, log, engine.env(wd), LIMIT_SECONDS)
+            mb = _run(engine, w, wd, fix.before)
             wall, peak = wall + mb.wall, max(peak, mb.peak_rss)
         if fix.flag:
             applied.append(fix.flag)
             flags.append(fix.flag)
+    verdict = _verdict(engine, wd, w, m)
     reran = engine.reran(wd, w, before)
     missing, wrong = check_outputs(wd, engine.expected(w))
     summary = (
@@ -152,6 +160,7 @@ def crash(engine: Engine, version: str, w: Workload, work: Path) -> Row:
         f"{'?' if reran is None else reran} of them ran again; "
         f"after resume {missing} missing, {wrong} partial/wrong"
     )
-    note = "; ".join([summary, *notes])
-    print(f"  {engine.name:9} {w.label:10} resume {wall:7.2f} s {note}", flush=True)
-    return Row(engine.name, version, w.kind, w.n, "resume", w.steps, wall, peak, note)
+    row.note = "; ".join(x for x in [verdict, summary, *notes] if x)
+    row.wall, row.peak_rss = (None if m.timed_out else wall), peak
+    print(f"  {engine.name:9} {w.label:10} resume {wall:7.2f} s {row.note}", flush=True)
+    return row
