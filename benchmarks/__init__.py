@@ -1,0 +1,1 @@
+"""Runnable benchmark scripts: `python -m benchmarks.NAME`; figures are ratios to floors."""
