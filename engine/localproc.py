@@ -14,25 +14,36 @@ _TAIL_BYTES = 8192
 
 # Reads "+pgid" / "-pgid" lines; at EOF (the controller exited or died) kills every group left.
 _GUARDIAN = """
-import os, signal, sys
+import os, signal, sys, time
 for s in (signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGPIPE):
     signal.signal(s, signal.SIG_IGN)
-groups = set()
-for line in sys.stdin.buffer:
+# Reads without blocking, napping between reads: a blocked reader would be woken (and
+# scheduled) by every write, which costs the controller ~0.5 ms per poll on a busy machine.
+os.set_blocking(0, False)
+groups, rest = set(), b""
+while True:
     try:
-        pg = int(line[1:])
-    except ValueError:
+        data = os.read(0, 1 << 16)
+    except BlockingIOError:
+        time.sleep(0.1)
         continue
-    if line[:1] == b"+":
-        groups.add(pg)
-    else:
-        groups.discard(pg)
+    if not data:
+        break
+    *lines, rest = (rest + data).split(b"\\n")
+    for line in lines:
+        try:
+            pg = int(line[1:])
+        except ValueError:
+            continue
+        if line[:1] == b"+":
+            groups.add(pg)
+        else:
+            groups.discard(pg)
 for pg in groups:
     try:
         os.killpg(pg, signal.SIGKILL)
     except OSError:
         pass
-import time
 deadline = time.monotonic() + 2
 while len(sys.argv) > 1 and os.path.isdir(sys.argv[1]) and time.monotonic() < deadline:
     for e in os.scandir(sys.argv[1]):

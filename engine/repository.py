@@ -224,7 +224,10 @@ class Repository:
             os.unlink(dest)
             os.link(src, dest)
         except FileNotFoundError:
-            raise RepositoryError(src, "object missing from the repository") from None
+            if not os.path.exists(src):
+                raise RepositoryError(src, "object missing from the repository") from None
+            os.makedirs(os.path.dirname(dest) or ".", exist_ok=True)  # only when missing
+            self._link_or_copy(digest, dest)
         except OSError:
             shutil.copyfile(src, dest)
             os.chmod(dest, _READONLY)
@@ -233,8 +236,7 @@ class Repository:
         """Recreate `ref` at `dest`: a file hard linked (else copied), a dir as a tree."""
         d = os.fspath(dest)
         if ref.kind != "dir":
-            os.makedirs(os.path.dirname(d) or ".", exist_ok=True)
-            self._link_or_copy(ref.digest, d)
+            self._link_or_copy(ref.digest, d)  # makes missing parent dirs
             return
         os.makedirs(d, exist_ok=True)
         made = {d}

@@ -157,3 +157,16 @@ def test_intern_memo_skips_rehash_until_file_changes(
     os.unlink(again.path(first[5]))
     assert again.intern(files[5]) == first[5]
     assert again.has(first[5])
+
+
+def test_materialize_makes_parents_and_replaces(repo: Repository, tmp_path: Path) -> None:
+    a, b = repo.put_bytes(b"a"), repo.put_bytes(b"b")
+    dest = tmp_path / "results" / "run 1" / "out.txt"
+    repo.materialize(a, dest)
+    assert dest.read_bytes() == b"a"
+    repo.materialize(b, dest)  # a rerun with a new result replaces the old one
+    assert dest.read_bytes() == b"b"
+    from reflowes.engine.repository import RepositoryError
+
+    with pytest.raises(RepositoryError):
+        repo.materialize(FileRef("cd" * 32, 1), tmp_path / "x" / "y")
