@@ -34,6 +34,9 @@ from reflowes.events.model import (
     SchedulerConfigured, TaskAssigned, TaskFinished, Tick,
 )
 
+# How long a group of facts may wait for more before it is committed (one fsync per group).
+GROUP_WINDOW = 0.002
+
 
 @attrs.define
 class Progress:
@@ -147,12 +150,18 @@ class Shell:
     def flush(self, facts: list[Event]) -> None:
         """Record facts, perform the decisions, and repeat with the facts that produced."""
         while facts:
-            self._now = time.time()
-            decisions = self.record(facts)
-            facts = []
-            for d in decisions:
-                facts += self.perform(d)
-            self.evaluator.flush_cache()
+            facts = self.commit(facts)
+
+    def commit(self, facts: list[Event]) -> list[Event]:
+        """One group commit: record facts with their decisions, then perform the decisions.
+        Returns the facts the performing produced (recorded by the next commit)."""
+        self._now = time.time()
+        decisions = self.record(facts)
+        out: list[Event] = []
+        for d in decisions:
+            out += self.perform(d)
+        self.evaluator.flush_cache()
+        return out
 
     def perform(self, d: Event) -> list[Event]:
         """Carry out one recorded decision; returns the facts it produced."""
@@ -220,7 +229,6 @@ class Shell:
         self.progress.runs_skipped = len(specs) - len(todo)
         # Runs that were mid-evaluation go first: their tasks are already in the core.
         todo.sort(key=lambda s: (self.evaluator.memo.get(s.run_id) is None, s.row))
-        priority = {s.run_id: i for i, s in enumerate(specs)}
 
         self.flush([
             BatchOpened(csv=str(self.layout.csv), program=str(self.opts.program or ""),
@@ -229,36 +237,38 @@ class Shell:
         ])
         recovered = self._recover()
         queue = list(reversed(todo))
-        started = self._start_runs(queue, priority)
+        started = self._start_runs(queue)
         self.flush(started + recovered)
         self._retry_deferred()
 
-        while queue or self.evaluator.running_runs():
-            facts = self._start_runs(queue, priority)
-            timeout = 0.2
+        carried: list[Event] = []  # facts produced by performing, recorded with the next group
+        while queue or self.evaluator.running_runs() or carried:
+            facts = carried + self._start_runs(queue)
+            timeout = GROUP_WINDOW if facts else 0.2
             dl = core.deadline(self.state)
-            now = time.time()
             if dl is not None:
-                timeout = max(0.0, min(timeout, dl - now))
+                timeout = max(0.0, min(timeout, dl - time.time()))
             facts += self._poll(timeout)
             facts += self.pool.poll()
             dl = core.deadline(self.state)
             if dl is not None and time.time() >= dl:
                 facts.append(Tick())
-            self.flush(facts)
+            carried = self.commit(facts) if facts else []
             self._retry_deferred()
             self._report()
-            if not facts and not queue and self._stalled():
+            if not facts and not carried and not queue and self._stalled():
                 break
         self._finish_deferred()
         self._report(force=True)
         return self.progress
 
-    def _start_runs(self, queue: list[RunSpec], priority: dict[str, int]) -> list[Event]:
+    def _start_runs(self, queue: list[RunSpec]) -> list[Event]:
         out: list[Event] = []
         while queue and self.evaluator.running_runs() < self.opts.parallel:
             spec = queue.pop()
-            out += self.evaluator.start(spec, priority[spec.run_id])
+            # One priority for all: the core keeps submission order within a priority,
+            # so earlier rows go first without a bucket per run.
+            out += self.evaluator.start(spec, 0)
         return out
 
     def _poll(self, timeout: float) -> list[Event]:

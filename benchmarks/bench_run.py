@@ -1,0 +1,91 @@
+"""`reflowes run` on N independent no-op steps (each writes one small file), beside the same
+shell commands run by `xargs -P 2` in the same run (the floor); then the fully cached reruns.
+
+    python -m benchmarks.bench_run --steps 1000,10000
+
+Prints wall seconds, ms per step, the ratio to the floor, and the peak RSS of `reflowes run`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PROGRAM = '''import reflowes as rf
+
+def main(i: int):
+    return {"out": rf.exec("echo {i} > {out}", inputs={"i": i}, outputs={"out": rf.FILE},
+                           cpu=1, mem="64MiB")["out"]}
+'''
+
+
+def timed(cmd: list[str], cwd: Path, env: dict[str, str] | None = None,
+          shell: bool = False) -> tuple[float, int]:
+    """Wall seconds and the peak RSS (KiB) of the child tree that ran `cmd`."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd if not shell else cmd[0], cwd=cwd, env=env, shell=shell,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    wall = time.perf_counter() - t0
+    if p.returncode != 0:
+        raise SystemExit(f"{cmd} failed: {p.stderr.decode()[-2000:]}")
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return wall, max(peak, before)
+
+
+def floor(n: int, d: Path) -> float:
+    out = d / "out"
+    out.mkdir(parents=True)
+    wall, _ = timed([f"seq 0 {n - 1} | xargs -P 2 -I{{}} sh -c 'echo {{}} > out/{{}}.txt'"],
+                    cwd=d, shell=True)
+    assert len(list(out.iterdir())) == n
+    return wall
+
+
+def reflowes_run(d: Path, env: dict[str, str], *extra: str) -> tuple[float, int]:
+    return timed([sys.executable, "-m", "reflowes.cli.main", "run", "w.csv", "-p", "prog.py",
+                  "-q", "--parallel", "1000", *extra], cwd=d, env=env)
+
+
+def bench(n: int, root: Path) -> dict[str, float]:
+    d = root / f"w{n}"
+    d.mkdir(parents=True)
+    (d / "prog.py").write_text(PROGRAM)
+    (d / "w.csv").write_text("id,i\n" + "".join(f"r{i},{i}\n" for i in range(n)))
+    env = dict(os.environ, REFLOWES_HOME=str(root / f"home{n}"))
+    fl = floor(n, root / f"floor{n}")
+    cold, peak = reflowes_run(d, env)
+    results = d / "w.reflowes" / "results"
+    assert sum(1 for _ in results.iterdir()) == n, "not every run produced its result"
+    resume, _ = reflowes_run(d, env)
+    warm, peak_warm = reflowes_run(d, env, "--reset")
+    return {"n": n, "floor": fl, "cold": cold, "resume": resume, "warm": warm,
+            "peak_mb": max(peak, peak_warm) / 1024}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--steps", default="1000,10000")
+    args = ap.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="reflowes-bench-run-"))
+    try:
+        print(f"{'steps':>6} {'xargs -P2 s':>11} {'reflowes s':>10} {'ms/step':>8} "
+              f"{'x floor':>8} {'resume s':>8} {'cached s':>8} {'peak MB':>8}")
+        for n in (int(x) for x in args.steps.split(",")):
+            r = bench(n, root)
+            print(f"{n:>6} {r['floor']:>11.2f} {r['cold']:>10.2f} {1000 * r['cold'] / n:>8.2f} "
+                  f"{r['cold'] / r['floor']:>8.2f} {r['resume']:>8.2f} {r['warm']:>8.2f} "
+                  f"{r['peak_mb']:>8.0f}", flush=True)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
