@@ -26,6 +26,7 @@ from reflowes.engine.dockerpool import (
     LABEL_BATCH,
     LABEL_EXEC,
     LABEL_TASK,
+    collect_zombies,
     connect,
     container_name,
     ping,
@@ -78,6 +79,7 @@ class DockerExecutor:
         self._lock = threading.Lock()  # guards _live, _pending and the repository
         self._images: set[str] = set()
         self._closed = False
+        self._cleanups: list[threading.Thread] = []
         self.uid_gid = f"{os.getuid()}:{os.getgid()}"
 
     # ------------------------------------------------------------ the Executor contract
@@ -147,9 +149,19 @@ class DockerExecutor:
         with self._lock:
             return len(self._live) + self._pending
 
+    def collect(self, live_allocs: set[str], open_execs: set[str] | None = None) -> list[str]:
+        """Zombie collection at a controller's start (before `recover`): remove this batch's
+        containers whose alloc is not live, or whose exec is not open (its outcome is already
+        in the log); returns their names."""
+        return collect_zombies(self.client, self.batch_id, set(live_allocs),
+                               None if open_execs is None else set(open_execs))
+
     def close(self) -> None:
         """Stop watching; containers keep running and are re-attached by the next controller."""
         self._closed = True
+        deadline = time.monotonic() + 5  # removals of lost execs' containers, if quick
+        for t in self._cleanups:
+            t.join(max(0.0, deadline - time.monotonic()))
         if self._own_client:
             self.client.close()
 
@@ -334,6 +346,7 @@ class DockerExecutor:
             self._emit(live, ExecLost(
                 exec_id=live.exec_id, task_id=live.task_id,
                 reason=f"docker engine connection lost while waiting: {type(e).__name__}"), True)
+            self._remove_when_back(live.cid)
             return
         if self._closed or live.killed:  # closed: the next controller harvests it (recover)
             self._emit(live, None, True)
@@ -343,7 +356,23 @@ class DockerExecutor:
         except (docker.errors.DockerException, *GONE, OSError) as e:
             ev = ExecLost(exec_id=live.exec_id, task_id=live.task_id,
                           reason=f"harvest failed: {type(e).__name__}: {e}")
+            self._remove_when_back(live.cid)
         self._emit(live, ev, True)
+
+    def _remove_when_back(self, cid: str) -> None:
+        """The container of a lost exec goes once the engine answers again (within a while)."""
+        def remove() -> None:
+            deadline = time.monotonic() + 4 * LOST_WAIT
+            while ping(self.client, 1.0) is not None and time.monotonic() < deadline:
+                time.sleep(0.25)
+            try:
+                self._remove(cid)
+            except (docker.errors.DockerException, *GONE, OSError) as e:
+                log.warning("cannot remove container %s of a lost exec: %s", cid[:12], e)
+
+        t = threading.Thread(target=remove, daemon=True, name=f"docker-rm-{cid[:12]}")
+        self._cleanups.append(t)
+        t.start()
 
     def _emit(self, live: _Live, ev: Event | None, final: bool) -> None:
         if not self._closed:

@@ -10,7 +10,9 @@ import logging
 import os
 import re
 import shutil
+import socket
 import time
+from urllib.parse import urlparse
 
 import docker
 import docker.errors
@@ -44,10 +46,29 @@ def connect(base_url: str | None = None, timeout: float = 3.0) -> docker.DockerC
 
 
 def ping(client: docker.DockerClient, timeout: float = 2.0) -> str | None:
-    """None when the engine answers within `timeout`, else why not."""
+    """None when the engine answers within `timeout` on a NEW connection, else why not.
+
+    A kept-alive connection is no proof: a dockerd shutting down closes its listener (and
+    refuses every new request) but keeps serving the connections it has.
+    """
+    api = client.api
+    path = getattr(api.get_adapter(api.base_url), "socket_path", None)
+    url = urlparse(api.base_url)
     try:
-        r = client.api.get(client.api._url("/_ping"), timeout=timeout)
-        return None if r.status_code == 200 else f"ping answered HTTP {r.status_code}"
+        if path:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(timeout)
+            sock.connect(path)
+        elif url.scheme == "http":
+            sock = socket.create_connection((url.hostname, url.port or 2375), timeout)
+        else:  # TLS: fall back to the client's own (pooled) connections
+            r = api.get(api._url("/_ping"), timeout=timeout)
+            return None if r.status_code == 200 else f"ping answered HTTP {r.status_code}"
+        with sock:
+            sock.sendall(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
+            head = sock.recv(32)
+        ok = head.startswith(b"HTTP/1.") and head[9:12] == b"200"
+        return None if ok else f"ping answered {head[:20]!r}"
     except (docker.errors.DockerException, *GONE, OSError) as e:
         return f"{type(e).__name__}: {e}"
 
@@ -79,6 +100,30 @@ def engine_resources(client: docker.DockerClient) -> Resources:
                      shutil.disk_usage(root).free)
 
 
+def collect_zombies(client: docker.DockerClient, batch_id: str, keep: set[str],
+                    keep_execs: set[str] | None = None) -> list[str]:
+    """Remove every container of the batch whose alloc is not in `keep` (or, given
+    `keep_execs`, whose exec is not in it); returns their names."""
+    removed: list[str] = []
+    for c in batch_containers(client, batch_id):
+        labels = c.labels or {}
+        if labels.get(LABEL_ALLOC, "") in keep and (
+                keep_execs is None or labels.get(LABEL_EXEC, "") in keep_execs):
+            continue
+        try:
+            c.remove(force=True)
+        except docker.errors.NotFound:
+            continue
+        except docker.errors.APIError as e:
+            if e.status_code != 409:
+                raise
+        removed.append(c.name)
+    if removed:
+        log.info("removed %d zombie container(s) of dead allocs: %s", len(removed),
+                 " ".join(removed))
+    return removed
+
+
 class DockerPool(LocalPool):
     """Allocs on one Docker engine; AllocDied for all of them when it stops answering."""
 
@@ -106,23 +151,8 @@ class DockerPool(LocalPool):
 
     def collect(self, keep: set[str] | None = None) -> list[str]:
         """Remove this batch's containers whose alloc is not in `keep` (default: not live)."""
-        keep = set(self.allocs) if keep is None else keep
-        removed: list[str] = []
-        for c in batch_containers(self.client, self.batch_id):
-            alloc = (c.labels or {}).get(LABEL_ALLOC, "")
-            if alloc in keep:
-                continue
-            try:
-                c.remove(force=True)
-            except docker.errors.NotFound:
-                continue
-            except docker.errors.APIError as e:
-                if e.status_code != 409:
-                    raise
-            removed.append(c.name)
-        if removed:
-            log.info("removed %d zombie container(s) of dead allocs: %s", len(removed),
-                     " ".join(removed))
+        removed = collect_zombies(self.client, self.batch_id,
+                                  set(self.allocs) if keep is None else keep)
         self.collected += removed
         return removed
 

@@ -52,8 +52,9 @@ def ex(docker_engine, repo: Repository, tmp_path: Path, batch: str) -> Iterator[
 def spec(template: str, exec_id: str | None = None, **kw: object) -> ExecSpec:
     kw.setdefault("image", IMAGE)
     kw.setdefault("resources", Resources(1, 256 * MiB))
+    kw.setdefault("alloc_id", "a1")
     eid = exec_id or "e" + uuid.uuid4().hex[:16]
-    return ExecSpec(exec_id=eid, task_id="t-" + eid, alloc_id="a1", template=template,
+    return ExecSpec(exec_id=eid, task_id="t-" + eid, template=template,
                     **kw)  # type: ignore[arg-type]
 
 
@@ -316,3 +317,15 @@ def test_stale_container_of_a_deleted_exec_dir_is_replaced(ex, docker_engine, re
     assert isinstance(ev, ExecExited) and repo.read_bytes(ev.result["out"]) == b"fresh\n"
     assert containers_of(docker_engine, batch, s.exec_id) == []
     again.close()
+
+
+def test_collect_removes_containers_of_dead_allocs_and_closed_execs(ex, docker_engine, batch):  # type: ignore[no-untyped-def]
+    keep, closed, dead = spec("sleep 30"), spec("sleep 30"), spec("sleep 30", alloc_id="a9")
+    for s in (keep, closed, dead):
+        ex.put(s)
+    ex.close()
+    removed = ex.collect({"a1"}, {keep.exec_id, dead.exec_id})
+    assert sorted(removed) == sorted(
+        f"reflowes-{batch[:12]}-{s.exec_id}" for s in (closed, dead))
+    assert [c.labels[LABEL_EXEC] for c in batch_containers(docker_engine, batch)] == [
+        keep.exec_id]

@@ -132,9 +132,9 @@ def test_engine_down_kills_allocs_and_comes_back(engine2, tmp_path):  # type: ig
     engine2.start()
     got = poll_until(pool, lambda g: any(isinstance(e, AllocGranted) for e in g))
     assert got == [AllocGranted(alloc_id="a3", request_id="r3", resources=ONE)]
-    # The container of the dead alloc (exited with its engine) was collected.
+    # The container of the dead alloc (exited with its engine) is gone: collected by the pool
+    # when the engine came back, unless the executor's own clean-up of lost execs was first.
     assert batch_containers(client, batch) == []
-    assert any(name.endswith("-e1") for name in pool.collected)
     lost = []
     deadline = time.monotonic() + 20
     while not lost and time.monotonic() < deadline:
