@@ -8,12 +8,15 @@ reflowes.events, the projections, msgspec and the stdlib; the log is passed in, 
 from __future__ import annotations
 
 import gc
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol
 
 import msgspec
-from reflowes.events.model import EVENT_TYPES, Recorded
+from reflowes.events.codec import decode
+from reflowes.events.errors import BadEventBody, UnknownEventKind
+from reflowes.events.model import BY_KIND, EVENT_TYPES, Recorded
 from reflowes.projections import batch, manifests, stats
 
 SNAPSHOT_NAME = "projections"
@@ -57,6 +60,28 @@ class Projections(msgspec.Struct, array_like=True, gc=False):
             self.seq, self.at = last.seq, last.at
         return self
 
+    def apply_rows(self, rows: Iterable[RawRow], path: str = "log") -> Projections:
+        """Fold stored rows (seq, at, kind, stream, v, body) in order, decoding only the kinds
+        some projection handles: the hot loop of replay and recovery."""
+        table = _KIND_TABLE
+        parts = (self.stats, self.batch, self.manifests)
+        seq, at = self.seq, self.at
+        with _gc_paused():
+            for seq, at, kind, _, _, body in rows:
+                handlers = table.get(kind)
+                if handlers is None:
+                    if kind not in BY_KIND:
+                        raise UnknownEventKind(kind, seq, path)
+                    continue
+                try:
+                    ev = decode(kind, body)
+                except BadEventBody as e:
+                    raise BadEventBody(kind, f"{e.detail} (seq {seq} in {path})") from None
+                for fn, i in handlers:
+                    fn(parts[i], ev, at)
+        self.seq, self.at = seq, at
+        return self
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form of all three."""
         return {
@@ -95,6 +120,7 @@ def _table() -> dict[type, tuple[tuple[Callable[[Any, Any, float], None], int], 
 
 
 _TABLE = _table()
+_KIND_TABLE = {t.kind: hs for t, hs in _TABLE.items()}  # type: ignore[attr-defined]
 _wire = msgspec.msgpack.Decoder(tuple[int, float, msgspec.Raw, msgspec.Raw, msgspec.Raw])
 
 
@@ -116,10 +142,15 @@ def loads(blob: bytes) -> Projections:
         return Projections(seq, at, stats.loads(s), batch.loads(b), manifests.loads(m))
 
 
+RawRow = tuple[int, float, str, str, int, "bytes | str"]  # as events.log.read_raw yields them
+
+
 class ReadableLog(Protocol):
     """What fold needs of a log (events.log's SqliteLog and MemoryLog both fit)."""
 
-    def read(self, after: int = 0, until: int | None = None) -> Iterable[Recorded]: ...
+    path: str
+
+    def read_raw(self, after: int = 0, until: int | None = None) -> Iterable[RawRow]: ...
 
     def load_snapshot(self, name: str) -> tuple[int, int, bytes] | None: ...
 
@@ -136,7 +167,7 @@ def from_snapshot(log: ReadableLog, until: int | None = None) -> Projections:
         if version == VERSION and (until is None or seq <= until):
             try:
                 p = loads(blob)
-            except (msgspec.DecodeError, ValueError):
+            except (msgspec.DecodeError, ValueError, zlib.error):
                 return initial()  # a damaged cache is no reason to fail: fold from 0
             if p.seq == seq:
                 return p
@@ -146,7 +177,7 @@ def from_snapshot(log: ReadableLog, until: int | None = None) -> Projections:
 def fold(log: ReadableLog, until: int | None = None, use_snapshot: bool = True) -> Projections:
     """The projections as of seq `until` (default: the end): snapshot, then the tail after it."""
     p = from_snapshot(log, until) if use_snapshot else initial()
-    return p.apply_all(log.read(after=p.seq, until=until))
+    return p.apply_rows(log.read_raw(p.seq, until), log.path)
 
 
 def snapshot(log: WritableLog, p: Projections) -> None:

@@ -267,3 +267,15 @@ def test_each_projection_apply_matches_the_bundle() -> None:
     assert (s, b, mf) == (p.stats, p.batch, p.manifests)
     assert stats.loads(stats.dumps(s)) == s and batch.loads(batch.dumps(b)) == b
     assert manifests.loads(manifests.dumps(mf)) == mf
+
+
+def test_fold_of_a_log_reads_raw_rows_and_equals_the_record_fold() -> None:
+    from reflowes.events.log import MemoryLog
+
+    log = MemoryLog()
+    for rec in RECS:
+        log.append([rec.event], at=rec.at)
+    assert fold.fold(log) == folded(RECS)
+    assert fold.fold(log, until=20) == folded(RECS[:20])
+    fold.snapshot(log, fold.fold(log, until=12))
+    assert fold.fold(log) == folded(RECS) and fold.fold(log, until=11) == folded(RECS[:11])
