@@ -14,6 +14,8 @@ from reflowes.engine.batchplan import BatchOptions
 from reflowes.engine.layout import BatchLayout, default_repo
 from reflowes.engine.shell import Progress, drive
 from reflowes.events.errors import ReflowesError
+from reflowes.events.log import SqliteLog
+from reflowes.projections import fold as projections
 
 
 def _line(p: Progress) -> str:
@@ -77,6 +79,13 @@ def _summary(p: Progress, layout: BatchLayout, as_json: bool) -> None:
     click.echo(f"results: {layout.results}")
 
 
+def _snapshot(layout: BatchLayout) -> None:
+    """Store the projections as of now, so status and replay read only the tail next time."""
+    if layout.log.exists():
+        with SqliteLog.open(layout.log) as log:
+            projections.snapshot(log, projections.fold(log))
+
+
 @click.command("run")
 @click.argument("csv", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--program", "-p", type=click.Path(dir_okay=False, path_type=Path),
@@ -90,10 +99,14 @@ def _summary(p: Progress, layout: BatchLayout, as_json: bool) -> None:
 @click.option("--repo", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Repository and cache directory [default: $REFLOWES_HOME or "
                    "~/.cache/reflowes].")
+@click.option("--pool", type=click.Choice(["local", "docker"]), default="local",
+              show_default=True,
+              help="Where allocs come from: this machine, or the Docker engine (which it watches: "
+                   "if it stops answering, its steps are requeued).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output, only the summary.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def run(csv: Path, program: Path | None, id_column: str | None, parallel: int, reset: bool,
-        repo: Path | None, quiet: bool, as_json: bool) -> None:
+        repo: Path | None, pool: str, quiet: bool, as_json: bool) -> None:
     """Run the program once per row of CSV; running it again resumes.
 
     State lives beside the CSV (samples.csv -> samples.reflowes/): the event log, step logs
@@ -104,9 +117,10 @@ def run(csv: Path, program: Path | None, id_column: str | None, parallel: int, r
     Example:
       reflowes run examples/reads/samples.csv
       reflowes run samples.csv --program pipeline.py --parallel 8
+      reflowes run samples.csv --pool docker    # steps with image= in containers
     """
     opts = BatchOptions(csv=csv, program=program, id_column=id_column, parallel=parallel,
-                        reset=reset, repo=repo or default_repo())
+                        reset=reset, repo=repo or default_repo(), pool=pool)
     layout = BatchLayout.for_csv(csv)
     # SIGTERM stops as cleanly as Ctrl-C: the log is consistent and a rerun resumes.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
@@ -114,10 +128,12 @@ def run(csv: Path, program: Path | None, id_column: str | None, parallel: int, r
         with _Display(quiet or as_json) as display:
             progress = drive(opts, on_progress=display)
     except KeyboardInterrupt:
+        _snapshot(layout)
         click.echo("interrupted: run the same command again to resume", err=True)
         sys.exit(130)
     except ReflowesError as e:
         raise click.ClickException(str(e)) from None
+    _snapshot(layout)
     _summary(progress, layout, as_json)
     if progress.runs_failed or progress.finished < progress.runs_total:
         sys.exit(1)

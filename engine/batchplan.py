@@ -25,6 +25,7 @@ class BatchOptions:
     id_column: str | None = None
     parallel: int = 50
     reset: bool = False
+    pool: str = "local"  # "local": this machine; "docker": the Docker engine's resources
     repo: Path = attrs.field(factory=default_repo)
 
 

@@ -113,9 +113,9 @@ class Shell:
         self.repo = Repository(repo_root)
         self.cache = Cache(repo_root)
         self.log = SqliteLog.open(self.layout.log)
-        self.pool: Pool = LocalPool(repo_root=repo_root)
-        self.local: Executor = LocalExecutor(self.repo, self.layout.execs)
         self.docker: Executor | None = None
+        self.pool: Pool = self._make_pool(repo_root)
+        self.local: Executor = LocalExecutor(self.repo, self.layout.execs)
         self.evaluator = Evaluator(self.repo, self.cache, self.layout.results)
         self.state = core.initial()
         try:
@@ -180,6 +180,13 @@ class Shell:
         if isinstance(d, TaskFinished):
             return self.evaluator.finished(d)
         return []
+
+    def _make_pool(self, repo_root: Path) -> Pool:
+        if self.opts.pool == "docker":
+            from reflowes.engine.dockerpool import DockerPool, connect
+
+            return DockerPool(connect(), self._batch_id())
+        return LocalPool(repo_root=repo_root)
 
     def _executor_for(self, image: str | None) -> Executor:
         if image is None:
