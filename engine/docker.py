@@ -34,7 +34,7 @@ from reflowes.engine.dockerpool import (
 from reflowes.engine.dockerwrap import CTL, WRAPPER, read_meta, tail
 from reflowes.engine.dockerwrap import duration as duration_of
 from reflowes.engine.executor import ExecSpec, render
-from reflowes.engine.repository import Repository
+from reflowes.engine.repository import Repository, RepositoryError
 from reflowes.events.model import Event, ExecCreated, ExecExited, ExecLost, ExecStarted, FileRef
 
 log = logging.getLogger(__name__)
@@ -172,7 +172,10 @@ class DockerExecutor:
         why = self._ensure_image(image)
         if why is not None:
             return self._fail_later(spec, 125, why, {"image": image})
-        mounts, values = self._stage(spec, d)
+        try:
+            mounts, values = self._stage(spec, d)
+        except RepositoryError as e:
+            return self._fail_later(spec, 125, f"cannot stage inputs: {e}", {"image": image})
         try:
             cmd = render(spec.template, values)
         except (KeyError, IndexError, ValueError) as e:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import docker.errors
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from reflowes.engine.docker import DockerExecutor
 from reflowes.engine.dockerpool import LABEL_BATCH, LABEL_EXEC, batch_containers, connect
 from reflowes.engine.errors import InfraError
@@ -329,3 +331,26 @@ def test_collect_removes_containers_of_dead_allocs_and_closed_execs(ex, docker_e
         f"reflowes-{batch[:12]}-{s.exec_id}" for s in (closed, dead))
     assert [c.labels[LABEL_EXEC] for c in batch_containers(docker_engine, batch)] == [
         keep.exec_id]
+
+
+def test_missing_input_object_fails_the_step_not_the_controller(ex):  # type: ignore[no-untyped-def]
+    from reflowes.events.model import FileRef
+
+    ghost = FileRef("0" * 64, 3)
+    s = spec("cat {src}", inputs={"src": ghost})
+    assert [type(f) for f in ex.put(s)] == [ExecCreated]
+    ev = outcome(ex, s.exec_id)
+    assert isinstance(ev, ExecExited) and ev.exit_code == 125
+    assert "cannot stage inputs" in (ev.error or "")
+
+
+@settings(max_examples=4, deadline=None, suppress_health_check=list(HealthCheck))
+@given(values=st.lists(st.text(st.characters(blacklist_categories=("Cs",),
+                                             blacklist_characters="\x00"), max_size=40),
+                       min_size=1, max_size=12))
+def test_any_scalars_arrive_verbatim(ex, repo, values):  # type: ignore[no-untyped-def]
+    scalars = {f"v{i}": v for i, v in enumerate(values)}
+    tmpl = "; ".join(f"printf '%s\\0' {{{k}}} >> {{out}}" for k in scalars)
+    ev = run(ex, spec(tmpl, scalars=scalars, outputs={"out": "file"}))
+    assert ev.exit_code == 0, ev
+    assert repo.read_bytes(ev.result["out"]).decode().split("\0")[:-1] == values
