@@ -18,6 +18,7 @@ from reflowes.cli.common import (
 from reflowes.projections.fold import fold
 from reflowes.projections.manifests import LIVE, Manifest, ManifestsState
 from reflowes.projections.plain import plain
+from reflowes.projections.timeline import short
 
 
 def chosen(manifests: ManifestsState, everything: bool) -> list[Manifest]:
@@ -34,7 +35,7 @@ def age(man: Manifest, now: float) -> float:
 
 
 def print_execs(execs: list[Manifest], now: float) -> None:
-    rows = [[x.exec_id[:12], x.task_id[:12], x.executor, x.handle[:12], x.state.value,
+    rows = [[short(x.exec_id), short(x.task_id), x.executor, x.handle[:12], x.state.value,
              format_age(age(x, now)), str(x.resources)] for x in execs]
     print_table(None, ["EXEC", "TASK", "EXECUTOR", "HANDLE", "STATE", "AGE", "RESOURCES"], rows)
 

@@ -29,7 +29,7 @@ from reflowes.events import codec
 from reflowes.events.log import SqliteLog
 from reflowes.events.model import BY_KIND, Recorded
 from reflowes.projections.fold import Projections, fold
-from reflowes.projections.timeline import describe
+from reflowes.projections.timeline import describe, short
 
 
 def expand_kinds(patterns: Iterable[str]) -> list[str]:
@@ -165,7 +165,7 @@ def _print_projections(layout: BatchLayout, p: Projections, as_json: bool) -> No
                str(a.resources), str(a.available), str(len(a.task_ids))]
               for a in p.stats.allocs.values()]
     print_table("allocs", ["ALLOC", "STATE", "RESOURCES", "AVAILABLE", "TASKS"], allocs)
-    attempts = [[t.task_id[:12], str(t.attempt), t.ident, t.run_id, t.state.value,
+    attempts = [[short(t.task_id), str(t.attempt), t.ident, t.run_id, t.state.value,
                  t.alloc_id or "", (t.error or "")[:60]]
                 for per in p.stats.attempts.values() for t in per.values()]
     print_table("task attempts", ["TASK", "ATTEMPT", "IDENT", "RUN", "STATE", "ALLOC", "ERROR"],

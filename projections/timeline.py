@@ -13,7 +13,18 @@ from reflowes.events.resources import format_size
 
 
 def _short(ident: str | None, n: int = 12) -> str:
-    return "-" if not ident else ident[:n]
+    """A digest-like id cut to n characters, keeping an attempt suffix (`<task>.2`)."""
+    if not ident:
+        return "-"
+    head, dot, tail = ident.rpartition(".")
+    if dot and tail.isdigit() and len(head) > n:
+        return f"{head[:n]}.{tail}"
+    return ident[:n]
+
+
+def short(ident: str | None, n: int = 12) -> str:
+    """Public form of the id shortener, for tables."""
+    return _short(ident, n)
 
 
 def _files(result: dict[str, m.FileRef]) -> str:
@@ -28,7 +39,10 @@ def _err(error: str | None) -> str:
 
 
 _SUMMARY: dict[type, Callable[[Any], str]] = {
-    m.BatchOpened: lambda e: f"invocation {e.invocation} of {e.csv} with {e.program} (pid {e.pid})",
+    m.BatchOpened: lambda e: (
+        f"invocation {e.invocation} of {e.csv}" + (f" with {e.program}" if e.program else "")
+        + f" (pid {e.pid})"
+    ),
     m.SchedulerConfigured: lambda e: f"max alloc {e.max_alloc}, max pending {e.max_pending_allocs}",
     m.RunDeclared: lambda e: (
         f"run {e.run_id} (row {e.row}) program {e.program} params "
