@@ -232,7 +232,7 @@ class LocalExecutor:
                                   peak_mem=peak, duration=duration, stderr_tail=tail(
                                       f"{ex.dir}/stderr"),
                                   error=f"step produced no declared output {name!r}")
-            except OSError as e:
+            except (OSError, RepositoryError) as e:
                 return ExecExited(exec_id=spec.exec_id, task_id=spec.task_id, exit_code=0,
                                   peak_mem=peak, duration=duration,
                                   error=f"cannot collect output {name!r}: {e}")

@@ -159,6 +159,9 @@ class Repository:
         """Store a file. With `move`, the source is ours to give away: it is made read-only
         and hard linked in place (no copy) when on the same filesystem."""
         src = os.fspath(path)
+        if move:  # only a plain file nobody else links to is ours to give away
+            st = os.lstat(src)
+            move = stat.S_ISREG(st.st_mode) and st.st_nlink == 1
         if move:
             digest, size = _hash_file(src)
             self._ensure_dir(digest)
@@ -192,16 +195,30 @@ class Repository:
         return FileRef(digest, size)
 
     def put_dir(self, path: str | os.PathLike[str], move: bool = False) -> FileRef:
-        """Store every file under `path` (symlinks followed), then the dir's listing."""
+        """Store every file under `path`, then the dir's listing. With `move` (a step's
+        output) nothing outside `path` is read: a symlinked dir is an error, a symlink to a
+        file is stored by content. Without, symlinked dirs are followed (each dir once)."""
         base = os.fspath(path)
+        if move and os.path.islink(base):
+            raise RepositoryError(base, "output dir is a symlink")
         listing: dict[str, list[object]] = {}
-        for dirpath, dirnames, filenames in os.walk(base, followlinks=True):
+        seen: set[tuple[int, int]] = set()
+        for dirpath, dirnames, filenames in os.walk(base, followlinks=not move):
+            st = os.stat(dirpath)
+            if (st.st_dev, st.st_ino) in seen:  # a symlink cycle
+                dirnames.clear()
+                continue
+            seen.add((st.st_dev, st.st_ino))
             dirnames.sort()
+            if move:
+                for name in dirnames:
+                    if os.path.islink(os.path.join(dirpath, name)):
+                        raise RepositoryError(os.path.join(dirpath, name),
+                                              "symlink to a dir inside an output dir")
             for name in sorted(filenames):
                 full = os.path.join(dirpath, name)
                 rel = os.path.relpath(full, base).replace(os.sep, "/")
-                is_link = os.path.islink(full)
-                ref = self.put_file(full, move=move and not is_link)
+                ref = self.put_file(full, move=move)
                 listing[rel] = [ref.digest, ref.size]
         data = _canonical(listing)
         lref = self.put_bytes(data)
@@ -314,7 +331,13 @@ class Repository:
 
     def _intern_dir(self, base: str) -> FileRef:
         rels: list[str] = []
+        seen: set[tuple[int, int]] = set()
         for dirpath, dirnames, filenames in os.walk(base, followlinks=True):
+            st = os.stat(dirpath)
+            if (st.st_dev, st.st_ino) in seen:  # a symlink cycle
+                dirnames.clear()
+                continue
+            seen.add((st.st_dev, st.st_ino))
             dirnames.sort()
             for name in sorted(filenames):
                 rels.append(os.path.relpath(os.path.join(dirpath, name), base))

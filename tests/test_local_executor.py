@@ -342,3 +342,25 @@ def test_pool_grants_min_release_restore() -> None:
                           "a9": Resources(1, GiB, GiB)})
     assert died == [AllocDied(alloc_id="a9", reason=died[0].reason)]  # type: ignore[union-attr]
     assert fresh.free() == Resources(0, 2 * GiB, 8 * GiB)
+
+
+def test_outputs_never_touch_files_outside_the_exec(
+    ex: LocalExecutor, repo: Repository, tmp_path: Path
+) -> None:
+    outside = tmp_path / "user.txt"
+    outside.write_bytes(b"user data")
+    outside.chmod(0o644)
+    inp = repo.put_bytes(b"input")
+    ex.put(spec("o1", "ln -s {src} {a}; ln {user} {b}", inputs={"src": inp},
+                scalars={"user": str(outside)}, outputs={"a": "file", "b": "file"}))
+    ex.put(spec("o2", "ln -s / {d}/root", outputs={"d": "dir"}))
+    ex.put(spec("o3", "rmdir {d} && ln -s / {d}", outputs={"d": "dir"}))
+    done = run_all(ex)
+    o1 = done["o1"]
+    assert isinstance(o1, ExecExited) and o1.error is None, o1
+    assert o1.result["a"] == inp and repo.read_bytes(o1.result["b"]) == b"user data"
+    assert stat.S_IMODE(outside.stat().st_mode) == 0o644  # not made read-only
+    assert outside.stat().st_ino != repo.path(o1.result["b"]).stat().st_ino  # copied
+    for eid in ("o2", "o3"):
+        ev = done[eid]
+        assert isinstance(ev, ExecExited) and "symlink" in (ev.error or ""), ev

@@ -170,3 +170,12 @@ def test_materialize_makes_parents_and_replaces(repo: Repository, tmp_path: Path
 
     with pytest.raises(RepositoryError):
         repo.materialize(FileRef("cd" * 32, 1), tmp_path / "x" / "y")
+
+
+def test_intern_dir_survives_symlink_cycles(repo: Repository, tmp_path: Path) -> None:
+    d = tmp_path / "d"
+    (d / "sub").mkdir(parents=True)
+    (d / "sub" / "f").write_bytes(b"f")
+    (d / "sub" / "up").symlink_to("..")
+    ref = repo.intern(d)
+    assert set(repo.listing(ref)) == {"sub/f"}
