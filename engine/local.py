@@ -12,6 +12,7 @@ import shlex
 import shutil
 import signal
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from reflowes.engine.errors import InfraError
 from reflowes.engine.executor import ExecSpec, render
@@ -24,6 +25,8 @@ from reflowes.events.model import Event, ExecCreated, ExecExited, ExecLost, Exec
 __all__ = ["MARKER", "LocalExecutor", "LocalPool"]
 
 SHELL = "/bin/sh"
+_HASHERS = 2  # threads hashing big outputs
+_INLINE_HASH = 4 << 20  # outputs up to this size are hashed in the loop itself
 # An allocation failing under RLIMIT_AS shows up as an error message, not a signal.
 _OOM_TEXT = re.compile(
     rb"MemoryError|Cannot allocate memory|out of memory|bad_alloc|memory exhausted|"
@@ -72,6 +75,10 @@ class LocalExecutor:
         self._live: dict[int, _Exec] = {}  # by pidfd
         self._ready: list[Event] = []  # outcomes decided at put time (staging failures)
         self._poller = select.poll()
+        self._hasher: ThreadPoolExecutor | None = None
+        self._efd = -1
+        self._collecting: dict[str, Future[ExecExited]] = {}
+        self._dropped: set[str] = set()
         self._guardian = Guardian(self._mem.base if self._mem is not None else None)
         self._path = os.environ.get("PATH") or os.defpath
         self._null_fds = [(os.POSIX_SPAWN_OPEN, fd, os.devnull, os.O_RDWR, 0) for fd in (0, 1, 2)]
@@ -179,8 +186,48 @@ class LocalExecutor:
             else:
                 peak, oom_killed = self._peak(usage.ru_maxrss << 10), False
             if not ex.killed:
-                out.append(self._outcome(ex, status, peak, oom_killed))
+                ev = self._outcome(ex, status, peak, oom_killed)
+                if ev is not None:
+                    out.append(ev)
+        if self._collecting:
+            out += self._collected()
         return out
+
+    def _collected(self) -> list[Event]:
+        """Outcomes whose outputs the hashing threads have finished."""
+        try:
+            os.eventfd_read(self._efd)
+        except BlockingIOError:
+            return []
+        out: list[Event] = []
+        for exec_id, fut in list(self._collecting.items()):
+            if fut.done():
+                del self._collecting[exec_id]
+                if exec_id not in self._dropped:
+                    out.append(fut.result())
+                self._dropped.discard(exec_id)
+        return out
+
+    def _defer(self, ex: _Exec, peak: int, duration: float) -> None:
+        """Hash big outputs on a worker thread (hashlib drops the GIL) while the loop goes on."""
+        if self._hasher is None:
+            self._hasher = ThreadPoolExecutor(_HASHERS, thread_name_prefix="reflowes-hash")
+            self._efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+            self._poller.register(self._efd, select.POLLIN)
+        fut = self._hasher.submit(self._collect, ex, peak, duration)
+        fut.add_done_callback(lambda _: os.eventfd_write(self._efd, 1))
+        self._collecting[ex.spec.exec_id] = fut
+
+    def _big_outputs(self, ex: _Exec) -> bool:
+        for name, kind in ex.spec.outputs.items():
+            if kind == "dir":
+                return True
+            try:
+                if os.lstat(f"{ex.dir}/out/{name}").st_size > _INLINE_HASH:
+                    return True
+            except OSError:
+                pass
+        return False
 
     def _peak(self, maxrss: int) -> int:
         """The step's peak RSS, or 0 when unknown: a spawned process inherits the spawner's
@@ -198,7 +245,8 @@ class LocalExecutor:
         os.close(ex.pidfd)
         del self._live[ex.pidfd]
 
-    def _outcome(self, ex: _Exec, status: int, peak: int, oom_killed: bool) -> ExecExited:
+    def _outcome(self, ex: _Exec, status: int, peak: int, oom_killed: bool) -> ExecExited | None:
+        """The exec's outcome; None when its outputs are being hashed on a worker thread."""
         spec = ex.spec
         code = os.waitstatus_to_exitcode(status)
         if code < 0:
@@ -215,6 +263,14 @@ class LocalExecutor:
                               oom=oom, peak_mem=peak, stderr_tail=last, duration=duration,
                               error=f"exited with status {code}" + (" (out of memory)" if oom
                                                                     else ""))
+        if self._big_outputs(ex):
+            self._defer(ex, peak, duration)
+            return None
+        return self._collect(ex, peak, duration)
+
+    def _collect(self, ex: _Exec, peak: int, duration: float) -> ExecExited:
+        """Hash the outputs of an exec that exited 0 into the repository."""
+        spec = ex.spec
         result: dict[str, FileRef] = {}
         for name, kind in spec.outputs.items():
             p = f"{ex.dir}/out/{name}"
@@ -261,13 +317,14 @@ class LocalExecutor:
                     os.killpg(ex.pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
-                self._ready = [e for e in self._ready if getattr(e, "exec_id", None) != exec_id]
-                return
+                break
+        if exec_id in self._collecting:
+            self._dropped.add(exec_id)
         self._ready = [e for e in self._ready if getattr(e, "exec_id", None) != exec_id]
 
     def running(self) -> int:
         """How many execs are in flight (including outcomes not yet polled)."""
-        return len(self._live) + len(self._ready)
+        return len(self._live) + len(self._ready) + len(self._collecting) - len(self._dropped)
 
     def close(self) -> None:
         """Kill every exec still running and stop the guardian."""
@@ -285,6 +342,13 @@ class LocalExecutor:
             self._forget(ex)
             if ex.cgroup is not None:
                 ex.cgroup.close()
+        if self._hasher is not None:
+            self._hasher.shutdown(wait=True)
+            self._hasher = None
+            self._poller.unregister(self._efd)
+            os.close(self._efd)
+            self._collecting.clear()
+            self._dropped.clear()
         self._guardian.flush([])
         if self._mem is not None:
             self._mem.close()

@@ -364,3 +364,19 @@ def test_outputs_never_touch_files_outside_the_exec(
     for eid in ("o2", "o3"):
         ev = done[eid]
         assert isinstance(ev, ExecExited) and "symlink" in (ev.error or ""), ev
+
+
+def test_big_outputs_are_hashed_off_the_loop(ex: LocalExecutor, repo: Repository) -> None:
+    ex.put(spec("big", "head -c 20000000 /dev/zero > {out}; mkdir {d}/s; echo x > {d}/s/f",
+                outputs={"out": "file", "d": "dir"}))
+    ex.put(spec("small", "sleep 0.3; echo small > {out}", outputs={"out": "file"}))
+    ex.put(spec("dropped", "echo x > {d}/f", outputs={"d": "dir"}))
+    ex.kill("dropped")
+    done = run_all(ex)
+    assert set(done) == {"big", "small"}
+    big = done["big"]
+    assert isinstance(big, ExecExited) and big.error is None, big
+    assert big.result["out"] == FileRef(hashlib.sha256(bytes(20_000_000)).hexdigest(),
+                                        20_000_000)
+    assert set(repo.listing(big.result["d"])) == {"s/f"}
+    assert ex.running() == 0
