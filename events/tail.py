@@ -124,7 +124,12 @@ def check(path: str | os.PathLike[str]) -> int:
     from reflowes.events.log import SqliteLog
 
     with SqliteLog.open(path, readonly=True) as log:
-        integrity(log._live(), log.path, "integrity_check")
+        conn = log._live()
+        integrity(conn, log.path, "integrity_check")
+        count, low, high = conn.execute("SELECT count(*), min(seq), max(seq) FROM events").fetchone()
+        if count and (low != 1 or high != count):
+            raise corrupt(log.path, f"seqs are not 1..{count}: {count} events from seq {low} to "
+                          f"{high} (written around the log's API?)", conn)
         return log.last_seq()
 
 

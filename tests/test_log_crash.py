@@ -14,9 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
-from reflowes.events.log import SqliteLog, check
-
 from crash_writer import group_of, line_of
+from reflowes.events.log import SqliteLog, check
 
 HELPER = str(Path(__file__).with_name("crash_writer.py"))
 KILLS = 20

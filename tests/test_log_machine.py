@@ -52,7 +52,8 @@ class LogMachine(RuleBasedStateMachine):
           kinds=kind_sets, prefix=prefixes)
     def read(self, after: int, until: int | None, limit: int | None,
              kinds: set[str] | None, prefix: str | None) -> None:
-        args: dict[str, Any] = {"until": until, "limit": limit, "kinds": kinds, "stream_prefix": prefix}
+        args: dict[str, Any] = {
+            "until": until, "limit": limit, "kinds": kinds, "stream_prefix": prefix}
         a = list(self.mem.read(after, **args))
         b = list(self.sql.read(after, **args))
         assert a == b
