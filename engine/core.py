@@ -34,15 +34,19 @@ import heapq
 import math
 from collections.abc import Callable, Iterable
 
-from reflowes.engine.placement import bucket_key, new_bucket, pack
+from reflowes.engine.placement import Bucket, BucketKey, bucket_key, new_bucket, pack
 from reflowes.engine.schedstate import (
     AllocRecord,
     AttemptRecord,
     ExecSlot,
+    Free,
     RequestRecord,
     SchedulerState,
     TaskRecord,
+    as_free,
     assigned_execs,
+    fits,
+    free_size,
     live_allocs,
     outstanding_requests,
     task,
@@ -116,6 +120,7 @@ class _Tx:
         self.by_free, self.idle, self.counts = s.by_free, s.idle, s.counts
         self.pending, self.next_seq, self.next_request = s.pending, s.next_seq, s.next_request
         self.last_submit_at = s.last_submit_at
+        self.uncovered = s.uncovered
         self.seq0 = s.next_seq  # tasks enqueued at or after this are new in this step
         self.grown: set[str] = set()  # allocs whose free space grew in this step
         self.touched: set[tuple[int, float, int, int, int]] = set()  # buckets enqueued to
@@ -125,7 +130,7 @@ class _Tx:
         return SchedulerState(
             self.config, self.now, self.tasks, self.allocs, self.gone, self.execs,
             self.requests, self.buckets, self.by_free, self.idle, self.counts, self.pending,
-            self.next_seq, self.next_request, self.last_submit_at,
+            self.next_seq, self.next_request, self.last_submit_at, self.uncovered,
         )
 
     # -------------------------------------------------------------- records
@@ -141,10 +146,11 @@ class _Tx:
     def put_alloc(self, old: AllocRecord, new: AllocRecord | None) -> None:
         """Replace an alloc record (None: it is gone), keeping both indexes in step."""
         a = old.alloc_id
-        if new is None or new.free != old.free:
-            self.by_free = self.by_free.remove((old.free.size(), a))
-            if new is not None:
-                self.by_free = self.by_free.add((new.free.size(), a))
+        if new is None:
+            self.by_free = self.by_free.remove((free_size(old.free), a))
+        elif new.free != old.free:
+            self.by_free = self.by_free.replace((free_size(old.free), a),
+                                                (free_size(new.free), a))
         if old.idle_since != (None if new is None else new.idle_since):
             if old.idle_since is not None:
                 self.idle = self.idle.remove((old.idle_since, a))
@@ -152,10 +158,16 @@ class _Tx:
                 self.idle = self.idle.add((new.idle_since, a))
         self.allocs = self.allocs.delete(a) if new is None else self.allocs.set(a, new)
 
+    def put_bucket(self, key: BucketKey, old: Bucket | None, new: Bucket | None) -> None:
+        """Replace a bucket (None: drop it), keeping the uncovered total in step."""
+        self.uncovered += (new.uncovered if new else 0) - (old.uncovered if old else 0)
+        self.buckets = self.buckets.delete(key) if new is None else self.buckets.set(key, new)
+
     def enqueue(self, t: TaskRecord) -> None:
         key = bucket_key(t.priority, t.resources)
-        b = self.buckets.get(key) or new_bucket(t.priority, t.resources)
-        self.buckets = self.buckets.set(key, b.push(self.next_seq, t.task_id))
+        old = self.buckets.get(key)
+        self.put_bucket(key, old, (old or new_bucket(t.priority, t.resources))
+                        .push(self.next_seq, t.task_id))
         self.next_seq += 1
         self.pending += 1
         self.touched.add(key)
@@ -206,10 +218,10 @@ class _Tx:
         if free_alloc:
             a = self.allocs[slot.alloc_id]
             execs = a.execs - {exec_id}
-            self.put_alloc(a, AllocRecord(
-                a.alloc_id, a.request_id, a.resources, a.free + slot.resources, execs,
-                a.granted_at, None if execs else self.now,
-            ))
+            f, r = a.free, slot.resources
+            free = (round(f[0] + r.cpu, 6), f[1] + r.mem, f[2] + r.disk, f[3] + r.gpu)
+            self.put_alloc(a, AllocRecord(a.alloc_id, a.request_id, a.resources, free, execs,
+                                          a.granted_at, None if execs else self.now))
             self.grown.add(a.alloc_id)
         return self.tasks[slot.task_id]
 
@@ -223,26 +235,29 @@ class _Tx:
 
     # -------------------------------------------------------------- placement
 
-    def best_fit(self, shape: Resources, among: set[str] | None) -> str | None:
+    def best_fit(self, need: Free, weight: float, among: set[str] | None) -> str | None:
+        """The live alloc with the least free room that fits `need` (among some, or all)."""
         if among is not None:
             best = None
             for a in among:
                 rec = self.allocs.get(a)
-                if rec is not None and shape.fits_in(rec.free):
-                    k = (rec.free.size(), a)
+                if rec is not None and fits(need, rec.free):
+                    k = (free_size(rec.free), a)
                     if best is None or k < best:
                         best = k
             return None if best is None else best[1]
-        for _, a in self.by_free.irange((shape.size() - 1e-9, "")):
-            if shape.fits_in(self.allocs[a].free):
+        allocs = self.allocs
+        for _, a in self.by_free.irange((weight - 1e-9, "")):
+            if fits(need, allocs[a].free):
                 return str(a)
         return None
 
     def assign(self, t: TaskRecord, alloc_id: str) -> None:
         a = self.allocs[alloc_id]
         exec_id = f"{t.task_id}.{t.attempt}"
-        free = a.free - t.resources
-        if free.is_negative():
+        f, r = a.free, t.resources
+        free = (round(f[0] - r.cpu, 6), f[1] - r.mem, f[2] - r.disk, f[3] - r.gpu)
+        if free[0] < -1e-9 or free[1] < 0 or free[2] < 0 or free[3] < 0:
             raise AssertionError(f"over-commit of {alloc_id}")  # a bug, never a bad fact
         self.put_alloc(a, AllocRecord(a.alloc_id, a.request_id, a.resources, free,
                                       a.execs | {exec_id}, a.granted_at, None))
@@ -261,32 +276,48 @@ class _Tx:
 
     def place(self) -> None:
         """Assign pending tasks in (priority, size, seq) order while any fits somewhere."""
-        if self.grown:
-            keys = list(self.buckets.keys())
-        elif self.touched:
-            keys = [k for k in self.touched if k in self.buckets]
-        else:
+        if not self.by_free or not self.buckets:
             return
+        seq0 = self.seq0
         heap = []
-        for k in keys:
-            b = self.buckets[k]
-            heap.append((b.priority, b.size, b.peek()[0], k))
+        if self.grown:
+            # Old pending tasks fit nowhere but (maybe) in the allocs that grew this step.
+            rooms = [self.allocs[a].free for a in self.grown if a in self.allocs]
+            if len(rooms) == 1:  # the usual case: one exec ended
+                c, m, d, g = rooms[0]
+                c += 1e-9
+                for k, b in self.buckets.items():
+                    n = b.need
+                    if n[0] <= c and n[1] <= m and n[2] <= d and n[3] <= g or b.items[b.head][0] >= seq0:
+                        heap.append((b.priority, b.weight, b.items[b.head][0], k))
+            else:
+                for k, b in self.buckets.items():
+                    head = b.items[b.head][0]
+                    if head >= seq0 or any(fits(b.need, r) for r in rooms):
+                        heap.append((b.priority, b.weight, head, k))
+        else:
+            for k in self.touched:
+                b = self.buckets.get(k)
+                if b is not None and b.items[b.head][0] >= seq0:
+                    heap.append((b.priority, b.weight, b.items[b.head][0], k))
+        if not heap:
+            return
         heapq.heapify(heap)
         grown = self.grown
         while heap:
             _, _, seq, k = heapq.heappop(heap)
-            b = self.buckets[k]
-            alloc = self.best_fit(b.shape, None if seq >= self.seq0 else grown)
+            old = self.buckets[k]
+            alloc = self.best_fit(old.need, old.weight, None if seq >= seq0 else grown)
             if alloc is None:
                 continue  # same shape behind it fits nowhere either
-            _, tid = b.peek()
-            b = b.pop()
+            _, tid = old.peek()
+            b = old.pop()
             self.pending -= 1
-            if len(b):
-                self.buckets = self.buckets.set(k, b)
-                heapq.heappush(heap, (b.priority, b.size, b.peek()[0], k))
+            if b.waiting:
+                self.put_bucket(k, old, b)
+                heapq.heappush(heap, (b.priority, b.weight, b.peek()[0], k))
             else:
-                self.buckets = self.buckets.delete(k)
+                self.put_bucket(k, old, None)
             self.assign(self.tasks[tid], alloc)
 
     def request(self) -> None:
@@ -295,10 +326,10 @@ class _Tx:
         if cfg is None or not self.pending:
             return
         room = cfg.max_pending_allocs - len(self.requests)
-        if room <= 0 or not self.drained():
+        if room <= 0 or not self.uncovered or not self.drained():
             return
         left = sorted(
-            ((b.priority, -b.size, k), b.shape, b.uncovered)
+            ((b.priority, -b.weight, k), b.shape, b.uncovered)
             for k, b in self.buckets.items() if b.uncovered
         )
         if not left:
@@ -311,7 +342,8 @@ class _Tx:
             want = bn.used.max(floor).min(cfg.max_alloc)
             minimum = floor.max(bn.largest)
             for key, n in bn.counts:
-                self.buckets = self.buckets.set(key, self.buckets[key].cover(n))
+                old = self.buckets[key]
+                self.put_bucket(key, old, old.cover(n))
             self.requests = self.requests.set(
                 rid, RequestRecord(rid, want, minimum, bn.counts, self.now))
             self.out.append(AllocRequested(request_id=rid, resources=want, minimum=minimum))
@@ -387,11 +419,11 @@ def _granted(tx: _Tx, ev: AllocGranted) -> None:
     for key, n in req.covers:
         b = tx.buckets.get(key)
         if b is not None:
-            tx.buckets = tx.buckets.set(key, b.cover(-n))
-    rec = AllocRecord(ev.alloc_id, ev.request_id, ev.resources, ev.resources, frozenset(),
-                      tx.now, tx.now)
+            tx.put_bucket(key, b, b.cover(-n))
+    rec = AllocRecord(ev.alloc_id, ev.request_id, ev.resources, as_free(ev.resources),
+                      frozenset(), tx.now, tx.now)
     tx.allocs = tx.allocs.set(ev.alloc_id, rec)
-    tx.by_free = tx.by_free.add((rec.free.size(), ev.alloc_id))
+    tx.by_free = tx.by_free.add((free_size(rec.free), ev.alloc_id))
     tx.idle = tx.idle.add((tx.now, ev.alloc_id))
     tx.grown.add(ev.alloc_id)
 
@@ -528,6 +560,6 @@ def deadline(state: SchedulerState) -> float | None:
     last = state.last_submit_at
     if (last is not None and state.now < last + cfg.drain_timeout
             and len(state.requests) < cfg.max_pending_allocs
-            and any(b.uncovered for b in state.buckets.values())):
+            and state.uncovered):
         times.append(last + cfg.drain_timeout)
     return min(times) if times else None

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from bisect import bisect_left
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import attrs
 import immutables
@@ -100,6 +100,25 @@ class SortedIndex:
             maxes = maxes[:i] + maxes[i + 1:]
         return SortedIndex(chunks, maxes, self._len - 1)
 
+    def replace(self, old: Any, new: Any) -> SortedIndex:
+        """A copy with `old` swapped for `new`; one chunk rebuilt when both belong to it."""
+        chunks, maxes = self._chunks, self._maxes
+        i = bisect_left(maxes, old)
+        if i == len(maxes):
+            raise KeyError(old)
+        chunk = chunks[i]
+        j = bisect_left(chunk, old)
+        if j == len(chunk) or chunk[j] != old:
+            raise KeyError(old)
+        last = len(chunks) - 1
+        if (i > 0 and new <= maxes[i - 1]) or (i < last and new >= chunks[i + 1][0]):
+            return self.remove(old).add(new)
+        rest = chunk[:j] + chunk[j + 1:]
+        k = bisect_left(rest, new)
+        chunk = rest[:k] + (new,) + rest[k:]
+        return SortedIndex(chunks[:i] + (chunk,) + chunks[i + 1:],
+                           maxes[:i] + (chunk[-1],) + maxes[i + 1:], self._len)
+
     def irange(self, lo: Any) -> Iterator[Any]:
         """Items >= lo, in order."""
         chunks = self._chunks
@@ -112,20 +131,21 @@ class SortedIndex:
             yield from chunks[k]
 
 
-@attrs.frozen
-class Bucket:
+class Bucket(NamedTuple):
     """Pending tasks of one (priority, shape), first in first out; `covered` of them are
     expected to be served by outstanding alloc requests."""
 
     priority: int
     shape: Resources
-    size: float
+    weight: float  # shape.size()
+    need: tuple[float, int, int, int]  # shape as a plain tuple, for fit tests
     items: immutables.Map[int, tuple[int, str]]  # position -> (enqueue seq, task id)
     head: int = 0
     tail: int = 0
     covered: int = 0
 
-    def __len__(self) -> int:
+    @property
+    def waiting(self) -> int:
         return self.tail - self.head
 
     @property
@@ -136,16 +156,16 @@ class Bucket:
         return self.items[self.head]
 
     def push(self, seq: int, task_id: str) -> Bucket:
-        return Bucket(self.priority, self.shape, self.size, self.items.set(self.tail, (seq, task_id)),
-                      self.head, self.tail + 1, self.covered)
+        return Bucket(self.priority, self.shape, self.weight, self.need,
+                      self.items.set(self.tail, (seq, task_id)), self.head, self.tail + 1,
+                      self.covered)
 
     def pop(self) -> Bucket:
-        return Bucket(self.priority, self.shape, self.size, self.items.delete(self.head),
-                      self.head + 1, self.tail, self.covered)
+        return Bucket(self.priority, self.shape, self.weight, self.need,
+                      self.items.delete(self.head), self.head + 1, self.tail, self.covered)
 
     def cover(self, n: int) -> Bucket:
-        return Bucket(self.priority, self.shape, self.size, self.items, self.head, self.tail,
-                      max(0, self.covered + n))
+        return self._replace(covered=max(0, self.covered + n))
 
     def task_ids(self) -> list[str]:
         return [self.items[i][1] for i in range(self.head, self.tail)]
@@ -156,7 +176,8 @@ def bucket_key(priority: int, r: Resources) -> BucketKey:
 
 
 def new_bucket(priority: int, shape: Resources) -> Bucket:
-    return Bucket(priority, shape, shape.size(), immutables.Map())
+    return Bucket(priority, shape, shape.size(), (shape.cpu, shape.mem, shape.disk, shape.gpu),
+                  immutables.Map())
 
 
 def fit_count(shape: Resources, room: Resources, limit: int) -> int:

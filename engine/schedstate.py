@@ -12,7 +12,28 @@ import attrs
 import immutables
 from reflowes.engine.placement import Bucket, BucketKey, SortedIndex
 from reflowes.events.model import FileRef, SchedulerConfigured, TaskState
-from reflowes.events.resources import Resources
+from reflowes.events.resources import GiB, Resources
+
+Free = tuple[float, int, int, int]  # (cpu, mem, disk, gpu): an alloc's free room, internal
+
+
+def as_free(r: Resources) -> Free:
+    return (r.cpu, r.mem, r.disk, r.gpu)
+
+
+def free_size(f: Free) -> float:
+    """Resources.size() of a Free tuple (same formula, no object built)."""
+    return f[0] + f[1] / (8 * GiB) + f[3] * 8 + f[2] / (1 << 40)
+
+
+def fits(need: Free, room: Free) -> bool:
+    """Resources.fits_in on Free tuples."""
+    return (need[0] <= room[0] + 1e-9 and need[1] <= room[1] and need[2] <= room[2]
+            and need[3] <= room[3])
+
+
+# Records are immutable NamedTuples rather than frozen attrs classes: the core builds several
+# per event, and a 19-field frozen attrs instance costs ~3x a NamedTuple (benchmarks/README.md).
 
 
 class ExecSlot(NamedTuple):
@@ -24,8 +45,7 @@ class ExecSlot(NamedTuple):
     resources: Resources
 
 
-@attrs.frozen
-class AttemptRecord:
+class AttemptRecord(NamedTuple):
     """One attempt of a task; kept after it ends (lost, OOM, exit 75, done, failed)."""
 
     attempt: int
@@ -37,8 +57,10 @@ class AttemptRecord:
     exit_code: int | None = None
 
 
-@attrs.frozen
-class TaskRecord:
+_NO_RESULT: Mapping[str, FileRef] = immutables.Map()
+
+
+class TaskRecord(NamedTuple):
     """A task's current standing plus every attempt; `state` is that of the current attempt."""
 
     task_id: str
@@ -59,24 +81,22 @@ class TaskRecord:
     exec_id: str | None = None
     error: str | None = None
     exit_code: int | None = None
-    result: Mapping[str, FileRef] = attrs.field(factory=dict)
+    result: Mapping[str, FileRef] = _NO_RESULT
 
 
-@attrs.frozen
-class AllocRecord:
+class AllocRecord(NamedTuple):
     """A live alloc: what was granted, what is free, which execs it holds, since when idle."""
 
     alloc_id: str
     request_id: str
     resources: Resources
-    free: Resources
+    free: Free
     execs: frozenset[str]
     granted_at: float
     idle_since: float | None
 
 
-@attrs.frozen
-class RequestRecord:
+class RequestRecord(NamedTuple):
     """An outstanding AllocRequested, and the pending tasks (counts per bucket) it was for."""
 
     request_id: str
@@ -91,8 +111,7 @@ _NO_ITEMS = SortedIndex()
 _ZERO_COUNTS: immutables.Map[TaskState, int] = immutables.Map({s: 0 for s in TaskState})
 
 
-@attrs.frozen
-class SchedulerState:
+class SchedulerState(NamedTuple):
     """Everything the core knows. Replace, never mutate: step() returns a new one."""
 
     config: SchedulerConfigured | None = None
@@ -103,13 +122,14 @@ class SchedulerState:
     execs: immutables.Map[str, ExecSlot] = _EMPTY
     requests: immutables.Map[str, RequestRecord] = _EMPTY
     buckets: immutables.Map[BucketKey, Bucket] = _EMPTY
-    by_free: SortedIndex = _NO_ITEMS  # (free.size(), alloc id) of live allocs
+    by_free: SortedIndex = _NO_ITEMS  # (free size, alloc id) of live allocs
     idle: SortedIndex = _NO_ITEMS  # (idle since, alloc id) of live allocs with no exec
     counts: immutables.Map[TaskState, int] = _ZERO_COUNTS
     pending: int = 0
     next_seq: int = 0
     next_request: int = 1
     last_submit_at: float | None = None
+    uncovered: int = 0  # pending tasks no outstanding request is for (sum over buckets)
 
 
 # ------------------------------------------------------------------ accessors for the shell
@@ -148,7 +168,7 @@ def _res(r: Resources) -> list[float]:
 
 
 def _task_view(t: TaskRecord) -> dict[str, Any]:
-    d = attrs.asdict(t, recurse=False)
+    d = t._asdict()
     d.update(
         declared=_res(t.declared), resources=_res(t.resources), state=str(t.state),
         result={k: attrs.astuple(v) for k, v in sorted(t.result.items())},
@@ -168,7 +188,7 @@ def view(state: SchedulerState) -> dict[str, Any]:
         "now": state.now,
         "tasks": {k: _task_view(state.tasks[k]) for k in sorted(state.tasks.keys())},
         "allocs": {
-            k: [a.request_id, _res(a.resources), _res(a.free), sorted(a.execs), a.granted_at,
+            k: [a.request_id, _res(a.resources), list(a.free), sorted(a.execs), a.granted_at,
                 a.idle_since]
             for k in sorted(state.allocs.keys()) for a in [state.allocs[k]]
         },
@@ -178,7 +198,8 @@ def view(state: SchedulerState) -> dict[str, Any]:
             for k, s in sorted(state.execs.items())
         },
         "requests": {
-            k: [_res(r.resources), _res(r.minimum), [list(c) for c in r.covers], r.requested_at]
+            k: [_res(r.resources), _res(r.minimum), [[list(k), n] for k, n in r.covers],
+                r.requested_at]
             for k, r in sorted(state.requests.items())
         },
         "pending": [
@@ -191,4 +212,5 @@ def view(state: SchedulerState) -> dict[str, Any]:
         "next_seq": state.next_seq,
         "next_request": state.next_request,
         "last_submit_at": state.last_submit_at,
+        "uncovered": state.uncovered,
     }

@@ -6,11 +6,12 @@ from __future__ import annotations
 import math
 
 import attrs
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 from reflowes.engine import core
 from reflowes.engine.check import check
+from reflowes.engine.placement import SortedIndex
 from reflowes.events.model import (
     AllocDied,
     AllocGranted,
@@ -198,8 +199,8 @@ class CoreMachine(RuleBasedStateMachine):
         for s in core.assigned_execs(self.state).values():
             used[s.alloc_id] = used.get(s.alloc_id, Resources()) + s.resources
         for a, rec in self.state.allocs.items():
-            assert not rec.free.is_negative()
-            assert rec.free == rec.resources - used.get(a, Resources())
+            assert not Resources(*rec.free).is_negative()
+            assert Resources(*rec.free) == rec.resources - used.get(a, Resources())
             assert sorted(rec.execs) == v["allocs"][a][3]
 
     @invariant()
@@ -220,6 +221,7 @@ class CoreMachine(RuleBasedStateMachine):
                 assert a.state in (TaskState.LOST, TaskState.FAILED)
             assert t.lost <= CONFIG.max_lost and t.ooms <= CONFIG.max_oom_retries
         assert counts == core.task_counts(self.state)
+        assert self.state.uncovered == sum(b.uncovered for b in self.state.buckets.values())
 
     @invariant()
     def idle_allocs_released_busy_never(self) -> None:
@@ -238,7 +240,7 @@ class CoreMachine(RuleBasedStateMachine):
     def priorities_respected(self) -> None:
         for b in self.state.buckets.values():
             for a, rec in self.state.allocs.items():
-                assert not b.shape.fits_in(rec.free), f"{b.shape} pending but fits {a}"
+                assert not b.shape.fits_in(Resources(*rec.free)), f"{b.shape} pending, fits {a}"
         order = [(t.priority, t.resources.size()) for d in self.made
                  if isinstance(d, TaskAssigned) for t in [core.task(self.state, d.task_id)]
                  if t is not None]
@@ -277,3 +279,28 @@ TestCoreMachine.settings = settings(
     max_examples=150, stateful_step_count=40, deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["add", "remove", "replace"]), st.integers(0, 400),
+                          st.integers(0, 400)), max_size=600))
+def test_sorted_index_matches_a_sorted_list(ops: list[tuple[str, int, int]]) -> None:
+    """The persistent index behind best fit and idle release, against a plain sorted list;
+    old versions stay as they were (persistence)."""
+    idx, model = SortedIndex(), []
+    for op, x, y in ops:
+        before, snapshot = idx, list(model)
+        if op == "add" and x not in model:
+            idx = idx.add(x)
+            model = sorted(model + [x])
+        elif op == "remove" and x in model:
+            idx = idx.remove(x)
+            model.remove(x)
+        elif op == "replace" and x in model and y not in model:
+            idx = idx.replace(x, y)
+            model = sorted([v for v in model if v != x] + [y])
+        assert list(before) == snapshot
+        assert list(idx) == model and len(idx) == len(model)
+        assert idx.first() == (model[0] if model else None)
+        assert list(idx.irange(y)) == [v for v in model if v >= y]
+        assert (x in idx) == (x in model)
