@@ -30,10 +30,11 @@ from reflowes.engine.recovery import WorldView
 from reflowes.engine.repository import Repository
 from reflowes.events.log import SqliteLog
 from reflowes.events.model import (
-    AllocReleased, AllocRequested, BatchOpened, CacheHit, Event, ExecExited, RunFinished,
-    SchedulerConfigured, TaskAssigned, TaskFinished, Tick,
+    AllocReleased, AllocRequested, BatchOpened, CacheHit, Event, ExecExited, ExecLost,
+    ExecStarted, RunFinished, SchedulerConfigured, TaskAssigned, TaskFinished, Tick,
 )
 
+_OUTCOMES = (ExecStarted, ExecExited, ExecLost)
 # How long a group of facts may wait for more before it is committed (one fsync per group).
 GROUP_WINDOW = 0.002
 
@@ -135,6 +136,8 @@ class Shell:
         batch: list[Event] = []
         decisions: list[Event] = []
         for ev in facts:
+            if isinstance(ev, _OUTCOMES) and ev.exec_id not in self.world.open:
+                continue  # a late word on an attempt already ended (e.g. its alloc died)
             self.state, made = core.step(self.state, ev, self._now)
             batch.append(ev)
             self.world.apply(ev)
