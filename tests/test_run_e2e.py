@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -203,3 +205,45 @@ def test_reset_starts_over_but_keeps_the_cache(batch):
     summary = json.loads(r.stdout)
     assert summary["done"] == 3 and summary["steps_run"] == 0 and summary["steps_cached"] == 9
     assert (d / "b.reflowes/results/s3/tagged").exists()
+
+
+def test_ctrl_c_stops_cleanly_and_a_rerun_resumes(batch):
+    d, env = batch
+    (d / "slow.py").write_text(textwrap.dedent('''
+        import reflowes as rf
+        def main(sample: str, n: int, word: str):
+            return {"o": rf.exec("sleep 1; seq {n} > {out}", inputs={"n": n},
+                                 outputs={"out": rf.FILE}, name="slow")["out"]}
+    '''))
+    p = subprocess.Popen([sys.executable, "-m", "reflowes.cli.main", "run", "b.csv", "-p",
+                          "slow.py"], cwd=d, env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    log = d / "b.reflowes/log.sqlite"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if log.exists() and kinds(log, "exec.started"):
+            break
+        time.sleep(0.05)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 130, err
+    assert "resume" in err and "Traceback" not in err
+    r = reflowes("run", "b.csv", "-p", "slow.py", "--json", cwd=d, env=env)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["runs"] == 3
+    assert (d / "b.reflowes/results/s2/o").read_text() == "1\n2\n3\n4\n5\n"
+
+
+def test_bundled_example_runs(tmp_path):
+    import shutil
+
+    root = Path(__file__).resolve().parents[1]
+    shutil.copytree(root / "examples" / "reads", tmp_path / "reads",
+                    ignore=shutil.ignore_patterns("*.reflowes"))
+    env = dict(os.environ, REFLOWES_HOME=str(tmp_path / "home"))
+    r = reflowes("run", "reads/samples.csv", "--json", cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout)
+    assert summary["done"] == 5 and summary["steps_run"] == 21
+    report = tmp_path / "reads/samples.reflowes/results/S3/report/summary.tsv"
+    assert report.read_text().startswith("sample\tS3\nreads\t")
