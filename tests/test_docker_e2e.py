@@ -115,7 +115,8 @@ def test_sigkilled_run_reattaches_without_second_containers(tmp_path, docker_eng
     d = tmp_path / "crash"
     env = setup_batch(d, SLOW_PROGRAM, ROWS)
     since = int(time.time()) - 1
-    p = start("run", "b.csv", "--program", "prog.py", cwd=d, env=env)
+    # The docker pool: its restore() must keep the live allocs' running containers.
+    p = start("run", "b.csv", "--program", "prog.py", "--pool", "docker", cwd=d, env=env)
     try:
         wait_for(lambda: len(events(d, "exec.started")) >= 2, what="two containers running")
     finally:
@@ -125,7 +126,7 @@ def test_sigkilled_run_reattaches_without_second_containers(tmp_path, docker_eng
     running = [c for c in batch_containers(docker_engine, batch) if c.status == "running"]
     assert running, "the containers must outlive the controller"
 
-    r = cli("run", "b.csv", "--program", "prog.py", cwd=d, env=env)
+    r = cli("run", "b.csv", "--program", "prog.py", "--pool", "docker", cwd=d, env=env)
     assert r.returncode == 0, r.stdout + r.stderr
     assert results(d) == results(ref)
     # No exec id ever got a second container: count the engine's create events.
