@@ -303,10 +303,22 @@ def test_newer_schema_unknown_kind_and_corruption(tmp_path: Path) -> None:
     db.close()
     msg = _error("status", future)
     assert "unknown event kind 'galaxy.formed'" in msg and f"seq {seq}" in msg
-    res = invoke("replay", future)  # the timeline streams: events before it, then the error
-    assert res.exit_code == 1 and len(res.stdout.splitlines()) == seq - 1
+    res = invoke("replay", future)  # streams: events before it (per the log's chunks), the error
+    assert res.exit_code == 1 and len(res.stdout.splitlines()) < seq
     msg = res.stderr.strip()
     assert "unknown event kind 'galaxy.formed'" in msg and f"seq {seq}" in msg
+
+    bad = _variant(tmp_path, "bad")
+    seq = last_seq(bad) + 1
+    db = sqlite3.connect(BatchLayout.for_csv(bad).log)
+    db.execute("INSERT INTO events VALUES (?, ?, 'exec.started', 'exec:x', 1, '{\"exec_id\": 7}')",
+               (seq, T0))
+    db.commit()
+    db.close()
+    for command in ("status", "replay"):
+        res = invoke(command, bad)
+        assert res.exit_code == 1 and "'exec.started' has a bad body" in res.stderr
+        assert f"seq {seq}" in res.stderr and "log.sqlite" in res.stderr
 
     broken = _variant(tmp_path, "broken")
     log_path = BatchLayout.for_csv(broken).log
