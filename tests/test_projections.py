@@ -223,8 +223,52 @@ def event_sequences(draw: hs.DrawFn) -> list[Recorded]:
     return record(draw(hs.lists(kinds, max_size=60)))
 
 
+@hs.composite
+def lifecycles(draw: hs.DrawFn) -> list[Recorded]:
+    """Coherent task lives (submit, place, run, OOM retry or fail or lose), interleaved at
+    random: most records finish, so snapshots put them in cold segments."""
+    lives: list[list[m.Event]] = [[
+        m.AllocGranted(alloc_id="a1", request_id="q", resources=BIG),
+        m.RunDeclared(run_id="r0", program="p", params={}, digest="d"),
+        m.RunPhaseChanged(run_id="r0", phase=RunPhase.EVAL),
+    ]]
+    for n in range(draw(hs.integers(1, 5))):
+        task, run = f"t{n}", f"r{n % 2}"
+        life: list[m.Event] = [m.TaskSubmitted(task_id=task, run_id=run, key=task, ident="s",
+                                               resources=ONE)]
+        attempts = draw(hs.integers(1, 3))
+        for a in range(1, attempts + 1):
+            ex = f"{task}.{a}"
+            life += [m.TaskAssigned(task_id=task, alloc_id="a1", attempt=a, exec_id=ex,
+                                    resources=ONE),
+                     m.ExecCreated(exec_id=ex, task_id=task, alloc_id="a1", executor="local",
+                                   handle=str(a)),
+                     m.ExecStarted(exec_id=ex, task_id=task)]
+            if a < attempts:
+                life += [draw(hs.sampled_from([
+                    m.ExecExited(exec_id=ex, task_id=task, exit_code=137, oom=True,
+                                 duration=2.0),
+                    m.ExecLost(exec_id=ex, task_id=task, reason="gone")])),
+                    m.TaskRequeued(task_id=task, attempt=a + 1, resources=ONE,
+                                   reason=draw(hs.sampled_from(["oom", "lost: gone"])))]
+            else:
+                ok = draw(hs.booleans())
+                life += [m.ExecExited(exec_id=ex, task_id=task, exit_code=0 if ok else 1,
+                                      duration=5.0, result=OUT if ok else {}),
+                         m.TaskFinished(task_id=task, attempt=a, ok=ok)]
+        lives.append(life)
+    lives.append([m.RunFinished(run_id="r0", ok=True, result=OUT), m.AllocReleased(alloc_id="a1")])
+    order = draw(hs.permutations([i for i, life in enumerate(lives[1:-1], 1) for _ in life]))
+    cursor = [0] * len(lives)
+    events = list(lives[0])
+    for i in order:
+        events.append(lives[i][cursor[i]])
+        cursor[i] += 1
+    return record(events + lives[-1])
+
+
 @settings(max_examples=150, deadline=None)
-@given(event_sequences(), hs.lists(hs.integers(0, 60), max_size=4))
+@given(hs.one_of(event_sequences(), lifecycles()), hs.lists(hs.integers(0, 60), max_size=4))
 def test_incremental_fold_at_any_split_equals_one_fold(
     recs: list[Recorded], cuts: list[int]
 ) -> None:
@@ -279,3 +323,20 @@ def test_fold_of_a_log_reads_raw_rows_and_equals_the_record_fold() -> None:
     assert fold.fold(log, until=20) == folded(RECS[:20])
     fold.snapshot(log, fold.fold(log, until=12))
     assert fold.fold(log) == folded(RECS) and fold.fold(log, until=11) == folded(RECS[:11])
+
+
+def test_unusable_snapshots_are_ignored() -> None:
+    from reflowes.events.log import MemoryLog
+
+    log = MemoryLog()
+    for rec in RECS:
+        log.append([rec.event], at=rec.at)
+    full = folded(RECS)
+    log.save_snapshot(fold.SNAPSHOT_NAME, 10, fold.VERSION, b"not msgpack at all")
+    assert fold.fold(log) == full  # damaged: folded from seq 0
+    log.save_snapshot(fold.SNAPSHOT_NAME, 10, fold.VERSION + 1, fold.dumps(folded(RECS[:10])))
+    assert fold.fold(log) == full  # another version: ignored
+    log.save_snapshot(fold.SNAPSHOT_NAME, 11, fold.VERSION, fold.dumps(folded(RECS[:10])))
+    assert fold.fold(log) == full  # its seq disagrees with the row's: ignored
+    empty = fold.loads(fold.dumps(fold.initial()))
+    assert empty == fold.initial() and empty.seq == 0
