@@ -95,7 +95,10 @@ class LocalExecutor:
             os.mkdir(d)
         except FileExistsError:  # left by an earlier controller: its process must not live on
             kill_marked(spec.exec_id)
-            shutil.rmtree(d)
+            try:
+                shutil.rmtree(d)
+            except OSError:  # e.g. read-only dirs a step made: set it aside instead
+                os.rename(d, f"{d}.stale-{time.time_ns()}")
             os.mkdir(d)
         # Every mkdir costs (metadata ops are slow on a busy disk): only the dirs needed.
         if spec.inputs:
@@ -124,7 +127,7 @@ class LocalExecutor:
         if self._mem is not None:
             try:
                 cgroup = self._mem.acquire(limit)
-                prologue = self._mem.prologue(cgroup) + prologue
+                prologue += self._mem.prologue(cgroup)
             except OSError as e:
                 if self._mem_required:
                     raise InfraError(f"cannot make a memory cgroup for a step: {e}") from e
@@ -134,8 +137,13 @@ class LocalExecutor:
         env = {"PATH": self._path, "HOME": d, "TMPDIR": d}
         env.update(spec.env)
         env[MARKER] = spec.exec_id
-        pid = os.posix_spawn(SHELL, [SHELL, "-c", prologue + cmd], env, setpgroup=0,
-                             file_actions=self._null_fds)
+        try:
+            pid = os.posix_spawn(SHELL, [SHELL, "-c", prologue + cmd], env, setpgroup=0,
+                                 file_actions=self._null_fds)
+        except OSError as e:  # e.g. a command beyond the kernel's argument size limit
+            if cgroup is not None and self._mem is not None:
+                self._mem.release(cgroup)
+            return self._failed(spec, d, f"cannot start {SHELL}: {e}")
         self._guardian.add(pid)
         if not self._guardian.started:  # the first step: the guardian starts now, not at poll
             self._guardian.flush([pid])
@@ -144,8 +152,8 @@ class LocalExecutor:
         self._poller.register(pidfd, select.POLLIN)
         return [
             ExecCreated(exec_id=spec.exec_id, task_id=spec.task_id, alloc_id=spec.alloc_id,
-                        executor="local", handle=str(pid), config={"cmd": cmd, "workdir": d, "memory": self.memory},
-                        resources=spec.resources),
+                        executor="local", handle=str(pid), resources=spec.resources,
+                        config={"cmd": cmd, "workdir": d, "memory": self.memory}),
             ExecStarted(exec_id=spec.exec_id, task_id=spec.task_id),
         ]
 

@@ -380,3 +380,13 @@ def test_big_outputs_are_hashed_off_the_loop(ex: LocalExecutor, repo: Repository
                                         20_000_000)
     assert set(repo.listing(big.result["d"])) == {"s/f"}
     assert ex.running() == 0
+
+
+def test_a_command_too_long_to_start_is_a_failed_outcome(ex: LocalExecutor) -> None:
+    evs = ex.put(spec("huge", "echo {v}", scalars={"v": "x" * (1 << 21)}))  # > MAX_ARG_STRLEN
+    assert [type(e) for e in evs] == [ExecCreated]
+    done = run_all(ex)["huge"]
+    assert isinstance(done, ExecExited) and done.exit_code == -1
+    assert "cannot start" in (done.error or "")
+    assert ex.put(spec("after", "echo ok > {o}", outputs={"o": "file"}))  # still usable
+    assert isinstance(run_all(ex)["after"], ExecExited)
