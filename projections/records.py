@@ -33,7 +33,9 @@ def _decoder(value_type: Any) -> msgspec.msgpack.Decoder[Any]:
 class Records(Generic[T]):
     """A dict-like map of records by id; lookups of hot ids cost one dict lookup."""
 
-    __slots__ = ("_cold", "_segments", "_type", "hot")
+    # `get` is an instance slot: the C `dict.get` of the hot map while nothing is cold (every
+    # fold from seq 0, and any map once thawed), the checking `_get` otherwise.
+    __slots__ = ("_cold", "_segments", "_type", "get", "hot")
 
     def __init__(self, value_type: Any, hot: dict[str, T] | None = None,
                  segments: list[Segment] | None = None) -> None:
@@ -43,10 +45,11 @@ class Records(Generic[T]):
         for ids, _ in self._segments:
             self._cold.update(_ids.decode(zlib.decompress(ids)))
         self._type = value_type
+        self.get: Callable[..., T | None] = self._get if self._cold else self.hot.get
 
     # ------------------------------------------------------------ lookups
 
-    def get(self, key: str, default: T | None = None) -> T | None:
+    def _get(self, key: str, default: T | None = None) -> T | None:
         v = self.hot.get(key)
         if v is None and key in self._cold:
             self.thaw()
@@ -117,6 +120,7 @@ class Records(Generic[T]):
         self.hot = merged
         self._segments = []
         self._cold = set()
+        self.get = merged.get
 
     def freeze(self, finished: Callable[[T], bool]) -> Wire:
         """Move finished hot records into a new cold segment; the map's snapshot form."""
@@ -127,6 +131,7 @@ class Records(Generic[T]):
             self._cold.update(done)
             for k in done:
                 del self.hot[k]
+            self.get = self._get
         return msgspec.Raw(_encoder.encode(self.hot)), self._segments
 
     @classmethod
