@@ -34,6 +34,34 @@ def own_memory_cgroup(root: str = V1_ROOT) -> str | None:
     return None
 
 
+def memory_ceiling() -> int | None:
+    """The tightest memory limit on this process's cgroups (v1 or v2), if any is set."""
+    try:
+        with open("/proc/self/cgroup") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    limits: list[int] = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if "memory" in controllers.split(","):
+            root, name = V1_ROOT, "memory.limit_in_bytes"
+        elif controllers == "":
+            root, name = "/sys/fs/cgroup", "memory.max"
+        else:
+            continue
+        parts = [p for p in path.split("/") if p]
+        for i in range(len(parts), -1, -1):  # the group and each of its ancestors
+            try:
+                with open("/".join([root, *parts[:i], name])) as f:
+                    value = f.read().strip()
+            except OSError:
+                continue
+            if value.isdigit() and int(value) < (1 << 62):
+                limits.append(int(value))
+    return min(limits) if limits else None
+
+
 class Group:
     """A memory cgroup with its control files kept open (read with pread: no open per exec)."""
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import psutil
 
 from reflowes.engine.layout import default_repo
+from reflowes.engine.localmem import memory_ceiling
 from reflowes.events.model import AllocDied, AllocGranted, Event
 from reflowes.events.resources import Resources
 
@@ -21,12 +22,18 @@ MEM_FRACTION = 0.95
 
 
 def machine_resources(repo_root: str | os.PathLike[str] | None = None) -> Resources:
-    """What this machine offers: cpus, 95% of RAM, free disk where the repository lives."""
+    """What this machine offers: usable cpus, 95% of RAM (or of the cgroup's memory limit),
+    free disk where the repository lives."""
     p = Path(repo_root) if repo_root is not None else default_repo()
     while not p.exists() and p != p.parent:
         p = p.parent
     disk = shutil.disk_usage(p).free
-    return Resources(os.cpu_count() or 1, int(psutil.virtual_memory().total * MEM_FRACTION), disk)
+    mem = psutil.virtual_memory().total
+    ceiling = memory_ceiling()  # in a container, the cgroup's limit is the machine
+    if ceiling is not None:
+        mem = min(mem, ceiling)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return Resources(cpus or 1, int(mem * MEM_FRACTION), disk)
 
 
 def alloc_id_for(request_id: str) -> str:

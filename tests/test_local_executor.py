@@ -313,7 +313,7 @@ def test_close_kills_running_steps(repo: Repository, tmp_path: Path) -> None:
 def test_pool_capacity_is_the_machine(tmp_path: Path) -> None:
     pool = LocalPool(repo_root=tmp_path)
     cap = pool.capacity()
-    assert cap.cpu == os.cpu_count()
+    assert cap.cpu == len(os.sched_getaffinity(0))
     assert 0 < cap.mem < os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     assert cap.disk > 0
 
@@ -390,3 +390,23 @@ def test_a_command_too_long_to_start_is_a_failed_outcome(ex: LocalExecutor) -> N
     assert "cannot start" in (done.error or "")
     assert ex.put(spec("after", "echo ok > {o}", outputs={"o": "file"}))  # still usable
     assert isinstance(run_all(ex)["after"], ExecExited)
+
+
+def test_pool_memory_is_capped_by_the_cgroup_limit(tmp_path: Path) -> None:
+    from reflowes.engine.localmem import own_memory_cgroup
+
+    own = own_memory_cgroup()
+    if own is None or not os.access(own, os.W_OK):
+        pytest.skip("no writable cgroup v1 memory controller here")
+    group = Path(own) / f"reflowes-test-{os.getpid()}"
+    group.mkdir()
+    try:
+        (group / "memory.limit_in_bytes").write_text(str(3 * GiB))
+        code = ("import os, sys; open(sys.argv[1] + '/cgroup.procs', 'w').write(str(os.getpid()));"
+                "from reflowes.engine.localpool import LocalPool;"
+                "print(LocalPool(repo_root=sys.argv[2]).capacity().mem)")
+        out = subprocess.run([sys.executable, "-c", code, str(group), str(tmp_path)],
+                             capture_output=True, text=True, check=True).stdout
+        assert int(out) == int(3 * GiB * 0.95)
+    finally:
+        group.rmdir()
