@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -344,3 +346,44 @@ def test_fold_reads_only_the_tail_after_a_snapshot(tmp_path: Path) -> None:
         assert fold(log) == full
         assert fold(log, until=10) == fold(log, until=10, use_snapshot=False)
     assert json.loads(invoke("replay", csv, "--at", 25, "--json").output)["seq"] == 25
+
+
+SLEEPER = """
+import reflowes as rf
+
+def main(sample: str):
+    return {"o": rf.exec("sleep 20; echo done > {out}", outputs={"out": rf.FILE},
+                         name="nap")["out"]}
+"""
+
+
+@pytest.mark.slow
+def test_ps_status_and_check_while_a_real_run_writes(tmp_path: Path) -> None:
+    (tmp_path / "nap.py").write_text(SLEEPER)
+    (tmp_path / "b.csv").write_text("sample\nz1\n")
+    env = dict(os.environ, REFLOWES_HOME=str(tmp_path / "home"))
+    run = subprocess.Popen([sys.executable, "-m", "reflowes.cli.main", "run", "b.csv", "-p",
+                            "nap.py", "--quiet"], cwd=tmp_path, env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    csv = tmp_path / "b.csv"
+    try:
+        live: list[dict[str, object]] = []
+        deadline = time.monotonic() + 90
+        while not live and time.monotonic() < deadline:
+            time.sleep(0.2)
+            if BatchLayout.for_csv(csv).log.exists():
+                res = invoke("ps", csv, "--json")
+                assert res.exit_code == 0, res.output
+                live = [x for x in json.loads(res.output) if x["state"] == "running"]
+        assert live, "no exec started within 90 s"
+        (x,) = live
+        assert x["executor"] == "local" and x["task_id"] and float(str(x["age"])) >= 0
+        os.kill(int(str(x["handle"])), 0)  # the handle is the pid of a live process
+        got = json.loads(invoke("status", csv, "--json").output)
+        assert [(r["id"], r["phase"]) for r in got["runs"]] == [("z1", "eval")]
+        check = invoke("replay", csv, "--check")
+        assert check.exit_code == 0 and check.output.startswith("ok: "), check.output
+        assert "nap" in invoke("replay", csv, "--kind", "task.submitted").output
+    finally:
+        run.send_signal(signal.SIGINT)
+        run.communicate(timeout=60)
