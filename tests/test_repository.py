@@ -179,3 +179,36 @@ def test_intern_dir_survives_symlink_cycles(repo: Repository, tmp_path: Path) ->
     (d / "sub" / "up").symlink_to("..")
     ref = repo.intern(d)
     assert set(repo.listing(ref)) == {"sub/f"}
+
+
+_names = st.text(alphabet="abcxyz._- 0", min_size=1, max_size=6).filter(
+    lambda s: s not in (".", ".."))
+_trees = st.recursive(
+    st.binary(max_size=64),
+    lambda children: st.dictionaries(_names, children, min_size=1, max_size=4),
+    max_leaves=12,
+)
+
+
+def _write_tree(root: Path, tree: dict[str, object]) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    for name, sub in tree.items():
+        if isinstance(sub, bytes):
+            (root / name).write_bytes(sub)
+        else:
+            _write_tree(root / name, sub)  # type: ignore[arg-type]
+
+
+@settings(max_examples=40, deadline=None)
+@given(tree=st.dictionaries(_names, _trees, max_size=5))
+def test_dir_round_trip_property(tmp_path_factory: pytest.TempPathFactory,
+                                 tree: dict[str, object]) -> None:
+    d = tmp_path_factory.mktemp("tree")
+    repo = Repository(d / "repo")
+    _write_tree(d / "src", tree)
+    ref = repo.put_dir(d / "src")
+    repo.materialize(ref, d / "copy")
+    assert _tree(d / "copy") == _tree(d / "src")
+    assert repo.put_dir(d / "copy") == ref  # the listing is canonical: same tree, same digest
+    moved = repo.put_dir(d / "copy", move=True)  # a step's output: hard linked, same digest
+    assert moved == ref and repo.has(ref)
