@@ -18,6 +18,7 @@ from reflowes.events.resources import Resources
 _LOAD = 64  # chunk length of SortedIndex: an update copies one chunk and the chunk directory
 
 BucketKey = tuple[int, float, int, int, int]  # (priority, cpu, mem, disk, gpu)
+Need = tuple[float, int, int, int]  # (cpu, mem, disk, gpu) as plain numbers
 
 
 class SortedIndex:
@@ -180,14 +181,14 @@ def new_bucket(priority: int, shape: Resources) -> Bucket:
                   immutables.Map())
 
 
-def fit_count(shape: Resources, room: Resources, limit: int) -> int:
+def fit_count(shape: Need, room: Need, limit: int) -> int:
     """How many copies of `shape` (at most `limit`) fit in `room`, every dimension counted."""
     n = limit
-    if shape.cpu > 1e-9:
-        n = min(n, math.floor((room.cpu + 1e-9) / shape.cpu))
-    for need, have in ((shape.mem, room.mem), (shape.disk, room.disk), (shape.gpu, room.gpu)):
-        if need > 0:
-            n = min(n, have // need)
+    if shape[0] > 1e-9:
+        n = min(n, math.floor((room[0] + 1e-9) / shape[0]))
+    for i in (1, 2, 3):
+        if shape[i] > 0:
+            n = min(n, int(room[i]) // int(shape[i]))
     return max(n, 0)
 
 
@@ -207,27 +208,30 @@ def pack(
     """First-fit decreasing of counted shapes into at most `nbins` bins of `capacity`.
 
     `leftovers` come in the order to honour (priority, then size descending); filling one bin
-    at a time in that order gives the same bins as classic first-fit decreasing.
+    at a time in that order gives the same bins as classic first-fit decreasing. Arithmetic is
+    on plain tuples; Resources are built once per bin.
     """
     left = [n for _, _, n in leftovers]
+    needs = [(r.cpu, r.mem, r.disk, r.gpu) for _, r, _ in leftovers]
+    cap = (capacity.cpu, capacity.mem, capacity.disk, capacity.gpu)
     bins: list[Bin] = []
     while len(bins) < nbins and any(left):
-        room = capacity
-        used = largest = Resources()
+        c, m, d, g = cap
+        big = (0.0, 0, 0, 0)
         counts: list[tuple[BucketKey, int]] = []
-        for i, (key, shape, _) in enumerate(leftovers):
+        for i, (key, _, _) in enumerate(leftovers):
             if not left[i]:
                 continue
-            k = fit_count(shape, room, left[i])
+            n = needs[i]
+            k = fit_count(n, (c, m, d, g), left[i])
             if k == 0:
                 continue
-            total = Resources(round(shape.cpu * k, 6), shape.mem * k, shape.disk * k, shape.gpu * k)
-            room = room - total
-            used = used + total
-            largest = largest.max(shape)
+            c, m, d, g = round(c - n[0] * k, 6), m - n[1] * k, d - n[2] * k, g - n[3] * k
+            big = (max(big[0], n[0]), max(big[1], n[1]), max(big[2], n[2]), max(big[3], n[3]))
             left[i] -= k
             counts.append((key, k))
         if not counts:
             break  # nothing left fits an empty bin (cannot happen for tasks under max_alloc)
-        bins.append(Bin(used, largest, tuple(counts)))
+        used = Resources(round(cap[0] - c, 6), cap[1] - m, cap[2] - d, cap[3] - g)
+        bins.append(Bin(used, Resources(*big), tuple(counts)))
     return bins

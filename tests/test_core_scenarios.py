@@ -307,3 +307,16 @@ def test_other_kinds_are_ignored_and_replay_matches() -> None:
     dropped = recs[:i] + recs[i + 1:]
     m = check(dropped)
     assert m is not None and m.recorded is None
+
+
+def test_reconfigured_smaller_fails_what_no_longer_fits() -> None:
+    d = Driver()
+    d.submit("big", cpu=6)
+    d.submit("small", cpu=1)
+    d.feed(SchedulerConfigured(max_alloc=Resources(4, 32 * GiB, 100 * GiB)), 1.0)
+    fin, req = d.made  # the drain time has passed too: the small one gets its alloc
+    assert isinstance(fin, TaskFinished) and fin.task_id == "big" and not fin.ok
+    assert "largest alloc is now" in (fin.error or "")
+    assert isinstance(req, AllocRequested)
+    assert req.resources.cpu == 1  # type: ignore[attr-defined]
+    assert core.task_counts(d.state)[TaskState.PENDING] == 1

@@ -1,0 +1,304 @@
+"""One step of the scheduler core in progress: record updates, placement, requests, expiry.
+
+Works on references to persistent structures and builds the next SchedulerState at the end, so
+an exception half-way leaves the given state as it was. Pure: imports only stdlib heapq,
+immutables-backed records and reflowes.events (no clock, no randomness, no I/O).
+"""
+
+from __future__ import annotations
+
+import heapq
+
+from reflowes.engine.placement import Bucket, BucketKey, bucket_key, new_bucket, pack
+from reflowes.engine.schedstate import (
+    AllocRecord,
+    AttemptRecord,
+    ExecSlot,
+    Free,
+    RequestRecord,
+    SchedulerState,
+    TaskRecord,
+    fits,
+    free_size,
+)
+from reflowes.events.model import (
+    AllocReleased,
+    AllocRequested,
+    Event,
+    TaskAssigned,
+    TaskFinished,
+    TaskRequeued,
+    TaskState,
+)
+from reflowes.events.resources import Resources
+
+
+class Transition:
+    """One step in progress: working references to persistent structures, then build()."""
+
+    __slots__ = (
+        "allocs", "buckets", "by_free", "config", "counts", "execs", "gone", "grown", "idle",
+        "last_submit_at", "next_request", "next_seq", "now", "out", "pending", "requests", "s",
+        "seq0", "tasks", "touched", "uncovered",
+    )
+
+    def __init__(self, s: SchedulerState, at: float) -> None:
+        self.s = s
+        self.config = s.config
+        self.now = max(s.now, at)
+        self.tasks, self.allocs, self.gone = s.tasks, s.allocs, s.gone
+        self.execs, self.requests, self.buckets = s.execs, s.requests, s.buckets
+        self.by_free, self.idle, self.counts = s.by_free, s.idle, s.counts
+        self.pending, self.next_seq, self.next_request = s.pending, s.next_seq, s.next_request
+        self.last_submit_at = s.last_submit_at
+        self.uncovered = s.uncovered
+        self.seq0 = s.next_seq  # tasks enqueued at or after this are new in this step
+        self.grown: set[str] = set()  # allocs whose free space grew in this step
+        self.touched: set[tuple[int, float, int, int, int]] = set()  # buckets enqueued to
+        self.out: list[Event] = []
+
+    def build(self) -> SchedulerState:
+        return SchedulerState(
+            self.config, self.now, self.tasks, self.allocs, self.gone, self.execs,
+            self.requests, self.buckets, self.by_free, self.idle, self.counts, self.pending,
+            self.next_seq, self.next_request, self.last_submit_at, self.uncovered,
+        )
+
+    # -------------------------------------------------------------- records
+
+    def put_task(self, old: TaskRecord | None, new: TaskRecord) -> None:
+        if old is None or old.state != new.state:
+            c = self.counts
+            if old is not None:
+                c = c.set(old.state, c[old.state] - 1)
+            self.counts = c.set(new.state, c[new.state] + 1)
+        self.tasks = self.tasks.set(new.task_id, new)
+
+    def put_alloc(self, old: AllocRecord, new: AllocRecord | None) -> None:
+        """Replace an alloc record (None: it is gone), keeping both indexes in step."""
+        a = old.alloc_id
+        if new is None:
+            self.by_free = self.by_free.remove((free_size(old.free), a))
+        elif new.free != old.free:
+            self.by_free = self.by_free.replace((free_size(old.free), a),
+                                                (free_size(new.free), a))
+        if old.idle_since != (None if new is None else new.idle_since):
+            if old.idle_since is not None:
+                self.idle = self.idle.remove((old.idle_since, a))
+            if new is not None and new.idle_since is not None:
+                self.idle = self.idle.add((new.idle_since, a))
+        self.allocs = self.allocs.delete(a) if new is None else self.allocs.set(a, new)
+
+    def put_bucket(self, key: BucketKey, old: Bucket | None, new: Bucket | None) -> None:
+        """Replace a bucket (None: drop it), keeping the uncovered total in step."""
+        self.uncovered += (new.uncovered if new else 0) - (old.uncovered if old else 0)
+        self.buckets = self.buckets.delete(key) if new is None else self.buckets.set(key, new)
+
+    def enqueue(self, t: TaskRecord) -> None:
+        key = bucket_key(t.priority, t.resources)
+        old = self.buckets.get(key)
+        self.put_bucket(key, old, (old or new_bucket(t.priority, t.resources))
+                        .push(self.next_seq, t.task_id))
+        self.next_seq += 1
+        self.pending += 1
+        self.touched.add(key)
+
+    # -------------------------------------------------------------- attempts
+
+    def end_attempt(self, t: TaskRecord, state: TaskState, reason: str | None,
+                    exit_code: int | None = None) -> tuple[AttemptRecord, ...]:
+        last = t.attempts[-1]
+        done = AttemptRecord(last.attempt, last.resources, state, last.alloc_id, last.exec_id,
+                             reason, exit_code)
+        return t.attempts[:-1] + (done,)
+
+    def finish(self, t: TaskRecord, ok: bool, *, error: str | None = None,
+               exit_code: int | None = None, result: dict | None = None,  # type: ignore[type-arg]
+               lost: bool = False) -> None:
+        state = TaskState.DONE if ok else TaskState.FAILED
+        attempts = self.end_attempt(t, TaskState.LOST if lost else state, error, exit_code)
+        new = TaskRecord(
+            t.task_id, t.run_id, t.key, t.ident, t.priority, t.declared, t.resources, state,
+            t.attempt, attempts, t.submitted_at, t.lost + lost, t.ooms, t.temps, None, None, error,
+            exit_code, result or {},
+        )
+        self.put_task(t, new)
+        self.out.append(TaskFinished(task_id=t.task_id, attempt=t.attempt, ok=ok,
+                                     result=result or {}, error=error, exit_code=exit_code))
+
+    def requeue(self, t: TaskRecord, resources: Resources, reason: str, ended: TaskState,
+                exit_code: int | None = None, *, lost: int = 0, ooms: int = 0,
+                temps: int = 0) -> None:
+        attempts = self.end_attempt(t, ended, reason, exit_code) + (
+            AttemptRecord(t.attempt + 1, resources, TaskState.PENDING),
+        )
+        new = TaskRecord(
+            t.task_id, t.run_id, t.key, t.ident, t.priority, t.declared, resources,
+            TaskState.PENDING, t.attempt + 1, attempts, t.submitted_at, t.lost + lost,
+            t.ooms + ooms, t.temps + temps,
+        )
+        self.put_task(t, new)
+        self.enqueue(new)
+        self.out.append(TaskRequeued(task_id=t.task_id, attempt=new.attempt,
+                                     resources=resources, reason=reason))
+
+    def release_exec(self, exec_id: str, free_alloc: bool) -> TaskRecord:
+        """Forget an exec (its attempt is over) and give its resources back to its alloc."""
+        slot = self.execs[exec_id]
+        self.execs = self.execs.delete(exec_id)
+        if free_alloc:
+            a = self.allocs[slot.alloc_id]
+            execs = a.execs - {exec_id}
+            f, r = a.free, slot.resources
+            free = (round(f[0] + r.cpu, 6), f[1] + r.mem, f[2] + r.disk, f[3] + r.gpu)
+            self.put_alloc(a, AllocRecord(a.alloc_id, a.request_id, a.resources, free, execs,
+                                          a.granted_at, None if execs else self.now))
+            self.grown.add(a.alloc_id)
+        return self.tasks[slot.task_id]
+
+    def lose(self, exec_id: str, reason: str, free_alloc: bool) -> None:
+        t = self.release_exec(exec_id, free_alloc)
+        assert self.config is not None
+        if t.lost + 1 >= self.config.max_lost:
+            self.finish(t, False, error=f"lost {t.lost + 1} times: {reason}", lost=True)
+        else:
+            self.requeue(t, t.resources, f"lost: {reason}", TaskState.LOST, lost=1)
+
+    # -------------------------------------------------------------- placement
+
+    def best_fit(self, need: Free, weight: float, among: set[str] | None) -> str | None:
+        """The live alloc with the least free room that fits `need` (among some, or all)."""
+        if among is not None:
+            if len(among) == 1:  # the usual case: the alloc of the exec that ended
+                (a,) = among
+                rec = self.allocs.get(a)
+                return a if rec is not None and fits(need, rec.free) else None
+            best = None
+            for a in among:
+                rec = self.allocs.get(a)
+                if rec is not None and fits(need, rec.free):
+                    k = (free_size(rec.free), a)
+                    if best is None or k < best:
+                        best = k
+            return None if best is None else best[1]
+        allocs = self.allocs
+        for _, a in self.by_free.irange((weight - 1e-9, "")):
+            if fits(need, allocs[a].free):
+                return str(a)
+        return None
+
+    def assign(self, t: TaskRecord, alloc_id: str) -> None:
+        a = self.allocs[alloc_id]
+        exec_id = f"{t.task_id}.{t.attempt}"
+        f, r = a.free, t.resources
+        free = (round(f[0] - r.cpu, 6), f[1] - r.mem, f[2] - r.disk, f[3] - r.gpu)
+        if free[0] < -1e-9 or free[1] < 0 or free[2] < 0 or free[3] < 0:
+            raise AssertionError(f"over-commit of {alloc_id}")  # a bug, never a bad fact
+        self.put_alloc(a, AllocRecord(a.alloc_id, a.request_id, a.resources, free,
+                                      a.execs | {exec_id}, a.granted_at, None))
+        last = t.attempts[-1]
+        attempts = t.attempts[:-1] + (
+            AttemptRecord(last.attempt, last.resources, TaskState.ASSIGNED, alloc_id, exec_id),
+        )
+        self.put_task(t, TaskRecord(
+            t.task_id, t.run_id, t.key, t.ident, t.priority, t.declared, t.resources,
+            TaskState.ASSIGNED, t.attempt, attempts, t.submitted_at, t.lost, t.ooms, t.temps,
+            alloc_id, exec_id,
+        ))
+        self.execs = self.execs.set(exec_id, ExecSlot(t.task_id, alloc_id, t.attempt, t.resources))
+        self.out.append(TaskAssigned(task_id=t.task_id, alloc_id=alloc_id, attempt=t.attempt,
+                                     exec_id=exec_id, resources=t.resources))
+
+    def place(self) -> None:
+        """Assign pending tasks in (priority, size, seq) order while any fits somewhere."""
+        if not self.by_free or not self.buckets:
+            return
+        seq0 = self.seq0
+        heap = []
+        if self.grown:
+            # Old pending tasks fit nowhere but (maybe) in the allocs that grew this step.
+            # A bucket key is (priority, cpu, mem, disk, gpu): the fit test needs no lookup.
+            rooms = [self.allocs[a].free for a in self.grown if a in self.allocs]
+            if len(rooms) == 1:  # the usual case: one exec ended
+                c, m, d, g = rooms[0]
+                c += 1e-9
+                keys = {k for k in self.buckets.keys()  # noqa: SIM118 (a Map, not a dict)
+                        if k[1] <= c and k[2] <= m and k[3] <= d and k[4] <= g}
+            else:
+                keys = {k for k in self.buckets.keys()  # noqa: SIM118
+                        if any(fits(k[1:], r) for r in rooms)}
+            buckets = self.buckets
+            for k in keys.union(self.touched):
+                b = buckets.get(k)
+                if b is not None:
+                    heap.append((b.priority, b.weight, b.items[b.head][0], k))
+        else:
+            for k in self.touched:
+                b = self.buckets.get(k)
+                if b is not None and b.items[b.head][0] >= seq0:
+                    heap.append((b.priority, b.weight, b.items[b.head][0], k))
+        if not heap:
+            return
+        heapq.heapify(heap)
+        grown = self.grown
+        while heap:
+            _, _, seq, k = heapq.heappop(heap)
+            old = self.buckets[k]
+            alloc = self.best_fit(old.need, old.weight, None if seq >= seq0 else grown)
+            if alloc is None:
+                continue  # same shape behind it fits nowhere either
+            _, tid = old.peek()
+            b = old.pop()
+            self.pending -= 1
+            if b.waiting:
+                self.put_bucket(k, old, b)
+                heapq.heappush(heap, (b.priority, b.weight, b.peek()[0], k))
+            else:
+                self.put_bucket(k, old, None)
+            self.assign(self.tasks[tid], alloc)
+
+    def request(self) -> None:
+        """Ask for allocs sized to the uncovered leftovers, once the drain time has passed."""
+        cfg = self.config
+        if cfg is None or not self.pending:
+            return
+        room = cfg.max_pending_allocs - len(self.requests)
+        if room <= 0 or not self.uncovered or not self.drained():
+            return
+        left = sorted(
+            ((b.priority, -b.weight, k), b.shape, b.uncovered)
+            for k, b in self.buckets.items() if b.uncovered
+        )
+        if not left:
+            return
+        bins = pack([(k[2], shape, n) for k, shape, n in left], cfg.max_alloc, room)
+        floor = cfg.min_alloc.min(cfg.max_alloc)
+        for bn in bins:
+            rid = f"r{self.next_request}"
+            self.next_request += 1
+            want = bn.used.max(floor).min(cfg.max_alloc)
+            minimum = floor.max(bn.largest)
+            for key, n in bn.counts:
+                old = self.buckets[key]
+                self.put_bucket(key, old, old.cover(n))
+            self.requests = self.requests.set(
+                rid, RequestRecord(rid, want, minimum, bn.counts, self.now))
+            self.out.append(AllocRequested(request_id=rid, resources=want, minimum=minimum))
+
+    def drained(self) -> bool:
+        assert self.config is not None
+        last = self.last_submit_at
+        return last is None or self.now >= last + self.config.drain_timeout
+
+    def expire(self) -> None:
+        """Release allocs idle for max_alloc_idle at `now`."""
+        if self.config is None:
+            return
+        limit = self.config.max_alloc_idle
+        while self.idle:
+            since, a = self.idle.first()
+            if since + limit > self.now:
+                break
+            self.put_alloc(self.allocs[a], None)
+            self.gone = self.gone.set(a, "released")
+            self.out.append(AllocReleased(alloc_id=a, reason="idle"))
