@@ -69,13 +69,13 @@ def take(n: int) -> list[m.Event]:
 # ---------------------------------------------------------------- appends
 
 
-def floor_append(path: str, group: int, seconds: float, body: str) -> float:
+def floor_append(path: str, group: int, seconds: float, body: str) -> tuple[float, float]:
     """Raw stdlib: INSERT loop of pre-serialized bodies, BEGIN...COMMIT per group."""
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = FULL")
     conn.execute(FLOOR_SQL)
-    seq, n, t0 = 0, 0, time.perf_counter()
+    seq, n, t0, c0 = 0, 0, time.perf_counter(), time.process_time()
     while time.perf_counter() - t0 < seconds:
         conn.execute("BEGIN")
         for _ in range(group):
@@ -84,21 +84,22 @@ def floor_append(path: str, group: int, seconds: float, body: str) -> float:
                          (seq, 1.0, "task.submitted", "task:abc", 1, body))
         conn.execute("COMMIT")
         n += group
-    rate = n / (time.perf_counter() - t0)
+    rates = n / (time.perf_counter() - t0), (time.process_time() - c0) / n * 1e6
     conn.close()
-    return rate
+    return rates
 
 
-def log_append(path: str, group: int, seconds: float, events: list[m.Event]) -> float:
+def log_append(path: str, group: int, seconds: float, events: list[m.Event]
+               ) -> tuple[float, float]:
     """SqliteLog.append: encode with msgspec, one BEGIN IMMEDIATE...COMMIT per group."""
     groups = [events[i:i + group] for i in range(0, len(events) - group + 1, group)]
     with SqliteLog.open(path) as log:
-        n, i, t0 = 0, 0, time.perf_counter()
+        n, i, t0, c0 = 0, 0, time.perf_counter(), time.process_time()
         while time.perf_counter() - t0 < seconds:
             log.append(groups[i % len(groups)], at=1.0)
             n += group
             i += 1
-        return n / (time.perf_counter() - t0)
+        return n / (time.perf_counter() - t0), (time.process_time() - c0) / n * 1e6
 
 
 def bench_appends(tmp: str, seconds: float, reps: int) -> None:
@@ -106,7 +107,8 @@ def bench_appends(tmp: str, seconds: float, reps: int) -> None:
     sizes = [len(codec.encode(ev)) for ev in events]
     print(f"append: mixed events, mean body {statistics.mean(sizes):.0f} B; floor bodies 200 B; "
           f"WAL, synchronous=FULL; median of {reps} interleaved runs of {seconds:g} s")
-    print(f"{'group':>6} {'floor ev/s':>12} {'SqliteLog ev/s':>15} {'ratio':>6}")
+    print(f"{'group':>6} {'floor ev/s':>12} {'SqliteLog ev/s':>15} {'ratio':>6}   "
+          f"{'CPU us/ev floor':>15} {'SqliteLog':>9}")
     for group in (1, 100, 1000):
         floors, logs = [], []
         for rep in range(reps):
@@ -114,8 +116,9 @@ def bench_appends(tmp: str, seconds: float, reps: int) -> None:
                 path = os.path.join(tmp, f"append-{group}-{rep}-{fn.__name__}.sqlite")
                 arg: object = "x" * 200 if fn is floor_append else events
                 out.append(fn(path, group, seconds, arg))  # type: ignore[operator]
-        f, g = statistics.median(floors), statistics.median(logs)
-        print(f"{group:>6} {f:>12,.0f} {g:>15,.0f} {g / f:>6.2f}")
+        f, g = (statistics.median(r for r, _ in floors), statistics.median(r for r, _ in logs))
+        fc, gc = (statistics.median(c for _, c in floors), statistics.median(c for _, c in logs))
+        print(f"{group:>6} {f:>12,.0f} {g:>15,.0f} {g / f:>6.2f}   {fc:>15.1f} {gc:>9.1f}")
 
 
 # ---------------------------------------------------------------- scans
@@ -132,14 +135,20 @@ def build(path: str, n: int) -> float:
     return time.perf_counter() - t0
 
 
-def timed(fn: Callable[[], int], reps: int) -> tuple[float, int]:
-    """Median events/s over reps runs of fn (which returns how many events it went through)."""
-    rates, count = [], 0
+def timed(fns: list[tuple[str, Callable[[], int]]], reps: int
+          ) -> dict[str, tuple[float, float, int]]:
+    """Median (events/s wall, events/s CPU, count) per fn, the fns interleaved rep by rep."""
+    walls: dict[str, list[float]] = {name: [] for name, _ in fns}
+    cpus: dict[str, list[float]] = {name: [] for name, _ in fns}
+    counts: dict[str, int] = {}
     for _ in range(reps):
-        t0 = time.perf_counter()
-        count = fn()
-        rates.append(count / (time.perf_counter() - t0))
-    return statistics.median(rates), count
+        for name, fn in fns:
+            t0, c0 = time.perf_counter(), time.process_time()
+            counts[name] = fn()
+            walls[name].append(counts[name] / (time.perf_counter() - t0))
+            cpus[name].append(counts[name] / max(time.process_time() - c0, 1e-9))
+    return {name: (statistics.median(walls[name]), statistics.median(cpus[name]), counts[name])
+            for name, _ in fns}
 
 
 def bench_scan(tmp: str, n: int, reps: int) -> None:
@@ -177,18 +186,23 @@ def bench_scan(tmp: str, n: int, reps: int) -> None:
         with SqliteLog.open(path, readonly=True) as log:
             return sum(1 for _ in log.read(kinds=["run.declared", "run.finished"]))
 
-    results = {}
-    for name, fn in (("raw SELECT + json.loads (floor)", floor), ("raw SELECT only", fetch_only),
-                     ("SqliteLog.read_raw()", read_raw), ("SqliteLog.read() typed", read)):
-        results[name] = timed(fn, reps)
-    fl = results["raw SELECT + json.loads (floor)"][0]
-    print(f"{'scan':<34} {'ev/s':>12} {'ratio':>6}")
-    for name, (rate, count) in results.items():
+    results = timed([("raw SELECT + json.loads (floor)", floor), ("raw SELECT only", fetch_only),
+                     ("SqliteLog.read_raw()", read_raw), ("SqliteLog.read() typed", read)], reps)
+    fl, fl_cpu, _ = results["raw SELECT + json.loads (floor)"]
+    print(f"{'scan':<34} {'ev/s':>12} {'ratio':>6} {'CPU ratio':>10}")
+    for name, (rate, cpu, count) in results.items():
         assert count == n, (name, count)
-        print(f"{name:<34} {rate:>12,.0f} {rate / fl:>6.2f}")
-    rate, count = timed(read_kinds, reps)
-    print(f"{'read(kinds=run.*) (' + str(count) + ' hits)':<34} {n / (count / rate):>12,.0f} "
-          "(rows scanned/s)")
+        print(f"{name:<34} {rate:>12,.0f} {rate / fl:>6.2f} {cpu / fl_cpu:>10.2f}")
+
+    def read_prefix() -> int:
+        with SqliteLog.open(path, readonly=True) as log:
+            return sum(1 for _ in log.read(stream_prefix="run:sample-0000"))
+
+    print("filtered reads (no secondary index: every row is scanned)")
+    filtered = timed([("read(kinds=[run.declared, run.finished])", read_kinds),
+                      ("read(stream_prefix='run:sample-0000')", read_prefix)], reps)
+    for name, (rate, _cpu, count) in filtered.items():
+        print(f"  {name:<44} {count:>7,} hits {n / (count / rate):>12,.0f} rows scanned/s")
 
 
 def main() -> None:

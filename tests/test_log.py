@@ -317,3 +317,16 @@ def test_copy_of_a_live_log_with_its_wal_opens(tmp_path: Path) -> None:
     shutil.copy(str(path) + "-wal", str(copy) + "-wal")
     log.close()
     assert check(copy) == 3
+
+
+def test_a_creation_cut_short_leaves_no_log_and_is_redone(tmp_path: Path) -> None:
+    path = tmp_path / "log.sqlite"
+    # What a writer killed while creating the log leaves: a half-made file beside it, never
+    # the log itself (the log is linked into place only once its schema is committed).
+    (tmp_path / "log.sqlite.creating").write_bytes(b"SQLite format 3\x00" + b"\x00" * 100)
+    with pytest.raises(NotALog, match="no such file"):
+        SqliteLog.open(path, readonly=True)
+    with SqliteLog.open(path) as log:
+        assert log.append([Tick()])[0].seq == 1
+    assert not (tmp_path / "log.sqlite.creating").exists()
+    assert check(path) == 1
