@@ -270,6 +270,7 @@ class SqliteLog:
             raise NotALog(p, "no such file")
         if os.path.isdir(p):
             raise NotALog(p, "is a directory, not a reflowes event log")
+        stray_lock = not readonly and not os.path.exists(p + "-writer")
         lock_fd = None if readonly else _take_writer_lock(p)
         try:
             if not readonly and not os.path.exists(p):
@@ -286,9 +287,11 @@ class SqliteLog:
             except BaseException:
                 conn.close()
                 raise
-        except BaseException:
+        except BaseException as e:
             if lock_fd is not None:
                 os.close(lock_fd)
+                if stray_lock and isinstance(e, NotALog):
+                    os.unlink(p + "-writer")  # leave nothing beside a file that is no log
             raise
         log = cls(p, conn, readonly, lock_fd)
         log._last = last

@@ -120,6 +120,7 @@ def test_a_file_that_is_not_a_log(tmp_path: Path, readonly: bool, content: bytes
     assert isinstance(info.value, (NotALog, CorruptLog))
     _assert_error(info.value, path, LogError)
     assert path.read_bytes() == content, "a failed open must not touch the file"
+    assert os.listdir(tmp_path) == ["samples.csv"], "nor leave anything beside it"
 
 
 def test_empty_file_and_csv_are_not_logs(tmp_path: Path) -> None:
