@@ -7,12 +7,16 @@ from pathlib import Path
 
 import attrs
 import click
-
 from reflowes.engine.layout import BatchLayout
 from reflowes.events.errors import ReflowesError
 from reflowes.events.log import SqliteLog
 from reflowes.events.model import (
-    CacheHit, ExecExited, RunDeclared, RunFinished, TaskAssigned, TaskSubmitted,
+    CacheHit,
+    ExecExited,
+    RunDeclared,
+    RunFinished,
+    TaskAssigned,
+    TaskSubmitted,
 )
 
 

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-
 from reflowes.engine.batchplan import BatchOptions
 from reflowes.engine.layout import BatchLayout, default_repo
 from reflowes.engine.shell import Progress, drive
@@ -35,9 +34,10 @@ class _Display:
         self.bar: Any = None
         self.last_plain = 0.0
 
-    def __enter__(self) -> _Display:
+    def __enter__(self) -> _Display:  # noqa: PYI034
         if self.tty:
-            from rich.progress import BarColumn, Progress as Bar, TextColumn, TimeElapsedColumn
+            from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
+            from rich.progress import Progress as Bar
 
             self.bar = Bar(TextColumn("[bold]runs"), BarColumn(), TextColumn("{task.description}"),
                            TimeElapsedColumn(), transient=True)

@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import attrs
-
 from reflowes.engine.errors import SheetError
 from reflowes.engine.evaluator import RunSpec, run_digest
 from reflowes.engine.layout import default_repo

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-
 from reflowes.engine.cache import Cache
 from reflowes.engine.executor import ExecSpec
 from reflowes.engine.graph import ExecNode, FileNode, OutputRef, exec_key, scalar_text, walk
@@ -21,8 +20,16 @@ from reflowes.engine.program import Program
 from reflowes.engine.repository import Repository
 from reflowes.events.errors import ReflowesError
 from reflowes.events.model import (
-    CacheHit, Event, FileRef, Recorded, RunDeclared, RunFinished, RunPhase, RunPhaseChanged,
-    TaskFinished, TaskSubmitted,
+    CacheHit,
+    Event,
+    FileRef,
+    Recorded,
+    RunDeclared,
+    RunFinished,
+    RunPhase,
+    RunPhaseChanged,
+    TaskFinished,
+    TaskSubmitted,
 )
 
 

@@ -7,10 +7,18 @@ A pure fold over events; the shell keeps it current while it records.
 from __future__ import annotations
 
 import attrs
-
 from reflowes.events.model import (
-    AllocDied, AllocGranted, AllocReleased, AllocRequested, Event, ExecCreated, ExecExited,
-    ExecLost, TaskAssigned, TaskFinished, TaskRequeued,
+    AllocDied,
+    AllocGranted,
+    AllocReleased,
+    AllocRequested,
+    Event,
+    ExecCreated,
+    ExecExited,
+    ExecLost,
+    TaskAssigned,
+    TaskFinished,
+    TaskRequeued,
 )
 from reflowes.events.resources import Resources
 

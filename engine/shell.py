@@ -16,7 +16,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import attrs
-
 from reflowes.engine import core
 from reflowes.engine.batchplan import BatchOptions, plan_runs
 from reflowes.engine.cache import Cache
@@ -30,8 +29,19 @@ from reflowes.engine.recovery import WorldView
 from reflowes.engine.repository import Repository
 from reflowes.events.log import SqliteLog
 from reflowes.events.model import (
-    AllocReleased, AllocRequested, BatchOpened, CacheHit, Event, ExecExited, ExecLost,
-    ExecStarted, RunFinished, SchedulerConfigured, TaskAssigned, TaskFinished, Tick,
+    AllocReleased,
+    AllocRequested,
+    BatchOpened,
+    CacheHit,
+    Event,
+    ExecExited,
+    ExecLost,
+    ExecStarted,
+    RunFinished,
+    SchedulerConfigured,
+    TaskAssigned,
+    TaskFinished,
+    Tick,
 )
 
 _OUTCOMES = (ExecStarted, ExecExited, ExecLost)
@@ -82,7 +92,8 @@ class Shell:
 
     def _lock(self) -> None:
         self.layout.state_dir.mkdir(parents=True, exist_ok=True)
-        self._lockf = open(self.layout.state_dir / "lock", "a+")
+        # Held open for the whole invocation: the flock is the "one writer" guarantee.
+        self._lockf = open(self.layout.state_dir / "lock", "a+")  # noqa: SIM115
         try:
             fcntl.flock(self._lockf, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
