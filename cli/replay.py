@@ -26,7 +26,7 @@ from reflowes.cli.status import print_runs, totals, totals_line
 from reflowes.engine.errors import UserError
 from reflowes.engine.layout import BatchLayout
 from reflowes.events import codec
-from reflowes.events.log import SqliteLog
+from reflowes.events.log import SqliteLog, follow
 from reflowes.events.model import BY_KIND, Recorded
 from reflowes.projections.fold import Projections, fold
 from reflowes.projections.timeline import describe, short
@@ -102,13 +102,19 @@ class Related:
 def timeline(
     log: SqliteLog, related: Related, kinds: list[str] | None,
     since: tuple[int | None, float | None], until: tuple[int | None, float | None],
+    following: bool = False,
 ) -> Iterator[Recorded]:
-    """The events to show, in seq order."""
+    """The events to show, in seq order; with `following`, then those appended later."""
     after = 0 if related.active or since[0] is None else since[0] - 1
     wanted = None if kinds is None else frozenset(kinds)
-    # Entity filters must see every kind to learn ids; otherwise SQL does the kind filter.
-    records = log.read(after, until=until[0], kinds=None if related.active else kinds)
+    records: Iterable[Recorded]
+    if following:
+        records = _flushing(follow(log.path, after, poll=0.1))
+    else:  # entity filters must see every kind to learn ids; otherwise SQL filters kinds
+        records = log.read(after, until=until[0], kinds=None if related.active else kinds)
     for rec in records:
+        if until[0] is not None and rec.seq > until[0]:
+            return
         if since[0] is not None and rec.seq < since[0]:
             if related.active:
                 related.matches(rec)
@@ -122,6 +128,13 @@ def timeline(
         if wanted is not None and rec.kind not in wanted:
             continue
         yield rec
+
+
+def _flushing(records: Iterator[Recorded]) -> Iterator[Recorded]:
+    """Flush stdout after each line while following: a pipe must see events as they come."""
+    for rec in records:
+        yield rec
+        sys.stdout.flush()
 
 
 def _print_lines(records: Iterable[Recorded], as_json: bool) -> int:
@@ -209,6 +222,8 @@ def _check(log: SqliteLog) -> None:
 @click.option("--since", metavar="SEQ|TIME",
               help="From this seq, or time: ISO (2024-05-01T12:00) or relative (10m, 2h).")
 @click.option("--until", metavar="SEQ|TIME", help="Up to this seq or time (inclusive).")
+@click.option("--follow", "-f", "following", is_flag=True,
+              help="Keep printing events as the batch appends them (Ctrl-C stops).")
 @click.option("--at", "at_seq", type=click.IntRange(min=0), metavar="SEQ",
               help="Print the projections (runs, allocs, attempts, execs) as of this seq.")
 @click.option("--check", "check", is_flag=True,
@@ -216,8 +231,8 @@ def _check(log: SqliteLog) -> None:
                    "that differs from the recorded one.")
 @json_option
 def replay(path: Path, runs: tuple[str, ...], tasks: tuple[str, ...], allocs: tuple[str, ...],
-           kinds: tuple[str, ...], since: str | None, until: str | None, at_seq: int | None,
-           check: bool, as_json: bool) -> None:
+           kinds: tuple[str, ...], since: str | None, until: str | None, following: bool,
+           at_seq: int | None, check: bool, as_json: bool) -> None:
     """Show what happened in a batch, in order: one line per event (seq, time, kind, stream,
     summary). Filters combine: an event is shown when it passes all of them.
 
@@ -238,6 +253,11 @@ def replay(path: Path, runs: tuple[str, ...], tasks: tuple[str, ...], allocs: tu
             return
         wanted = expand_kinds(kinds) if kinds else None
         related = Related(runs, tasks, allocs)
-        n = _print_lines(timeline(log, related, wanted, lo, hi), as_json)
+        try:
+            n = _print_lines(timeline(log, related, wanted, lo, hi, following), as_json)
+        except KeyboardInterrupt:
+            if not following:
+                raise
+            return
     if n == 0 and not as_json:
         click.echo("no events match", err=True)

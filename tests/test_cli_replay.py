@@ -387,3 +387,29 @@ def test_ps_status_and_check_while_a_real_run_writes(tmp_path: Path) -> None:
     finally:
         run.send_signal(signal.SIGINT)
         run.communicate(timeout=60)
+
+
+def test_follow_prints_events_as_they_are_appended(tmp_path: Path) -> None:
+    import select
+
+    csv = build_batch(tmp_path)
+    seq = last_seq(csv)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "reflowes.cli.main", "replay", str(csv), "--follow", "--json",
+         "--kind", "alloc.died", "--since", str(seq + 1)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    try:
+        got = []
+        with SqliteLog.open(BatchLayout.for_csv(csv).log) as log:
+            for i in range(3):
+                log.append([m.Tick(), m.AllocDied(alloc_id=f"x{i}", reason="test")], at=T0 + 99)
+                ready, _, _ = select.select([proc.stdout], [], [], 60)
+                assert ready, "replay --follow printed nothing within 60 s"
+                got.append(json.loads(proc.stdout.readline()))
+        assert [(r["seq"], r["alloc_id"]) for r in got] == [
+            (seq + 2, "x0"), (seq + 4, "x1"), (seq + 6, "x2")]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and "Traceback" not in err, err
