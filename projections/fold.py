@@ -42,44 +42,49 @@ class Projections(msgspec.Struct, array_like=True, gc=False):
         return self
 
     def apply_all(self, records: Iterable[Recorded]) -> Projections:
-        """Fold many events in order (the hot loop of replay and recovery)."""
+        """Fold many events in order. If reading fails midway, `seq` names the last applied."""
         table = _TABLE
         parts = (self.stats, self.batch, self.manifests)
         last = None
-        with _gc_paused():
-            for rec in records:
-                ev = rec.event
-                handlers = table.get(type(ev))
-                if handlers:
-                    at = rec.at
-                    for fn, i in handlers:
-                        fn(parts[i], ev, at)
-                last = rec
-        if last is not None:
-            self.seq, self.at = last.seq, last.at
+        try:
+            with _gc_paused():
+                for rec in records:
+                    ev = rec.event
+                    handlers = table.get(type(ev))
+                    if handlers:
+                        at = rec.at
+                        for fn, i in handlers:
+                            fn(parts[i], ev, at)
+                    last = rec
+        finally:
+            if last is not None:
+                self.seq, self.at = last.seq, last.at
         return self
 
     def apply_rows(self, rows: Iterable[RawRow], path: str = "log") -> Projections:
         """Fold stored rows (seq, at, kind, stream, v, body) in order, decoding only the kinds
-        some projection handles: the hot loop of replay and recovery."""
+        some projection handles: the hot loop of replay and recovery. If a row cannot be
+        decoded, the error names it and `seq` names the last row applied."""
         table = _KIND_TABLE
         parts = (self.stats, self.batch, self.manifests)
-        seq, at = self.seq, self.at
-        with _gc_paused():
-            for seq, at, kind, _, _, body in rows:
-                entry = table.get(kind)
-                if entry is None:
-                    if kind not in BY_KIND:
+        done_seq, done_at = self.seq, self.at
+        try:
+            with _gc_paused():
+                for seq, at, kind, _, _, body in rows:
+                    entry = table.get(kind)
+                    if entry is not None:
+                        dec, handlers = entry
+                        try:
+                            ev = dec(body)
+                        except (msgspec.ValidationError, msgspec.DecodeError) as e:
+                            raise BadEventBody(kind, f"{e} (seq {seq} in {path})") from None
+                        for fn, i in handlers:
+                            fn(parts[i], ev, at)
+                    elif kind not in BY_KIND:
                         raise UnknownEventKind(kind, seq, path)
-                    continue
-                dec, handlers = entry
-                try:
-                    ev = dec(body)
-                except (msgspec.ValidationError, msgspec.DecodeError) as e:
-                    raise BadEventBody(kind, f"{e} (seq {seq} in {path})") from None
-                for fn, i in handlers:
-                    fn(parts[i], ev, at)
-        self.seq, self.at = seq, at
+                    done_seq, done_at = seq, at
+        finally:
+            self.seq, self.at = done_seq, done_at
         return self
 
     def to_dict(self) -> dict[str, Any]:

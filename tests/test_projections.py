@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hypothesis.strategies as hs
+import msgspec
 from hypothesis import given, settings
 from reflowes.events import model as m
 from reflowes.events.model import ExecState, FileRef, Recorded, RunPhase, TaskState
@@ -340,3 +341,19 @@ def test_unusable_snapshots_are_ignored() -> None:
     assert fold.fold(log) == full  # its seq disagrees with the row's: ignored
     empty = fold.loads(fold.dumps(fold.initial()))
     assert empty == fold.initial() and empty.seq == 0
+
+
+def test_a_row_that_cannot_be_decoded_stops_the_fold_at_the_last_good_seq() -> None:
+    import pytest
+    from reflowes.events.errors import BadEventBody, UnknownEventKind
+
+    rows = [(r.seq, r.at, r.kind, r.stream, 1, msgspec.json.encode(r.event))
+            for r in RECS[:12]]
+    p = fold.initial()
+    with pytest.raises(UnknownEventKind, match="seq 13 in x.sqlite"):
+        p.apply_rows([*rows, (13, T0, "galaxy.formed", "x", 1, b"{}")], "x.sqlite")
+    assert p == folded(RECS[:12]) and p.seq == 12
+    p = fold.initial()
+    with pytest.raises(BadEventBody, match="seq 13"):
+        p.apply_rows([*rows, (13, T0, "exec.started", "x", 1, b'{"exec_id": 7}')])
+    assert p.seq == 12
