@@ -21,6 +21,7 @@ from reflowes.engine.localpool import LocalPool
 from reflowes.engine.localproc import MARKER, Guardian, kill_if_ours, kill_marked, tail
 from reflowes.engine.repository import Repository, RepositoryError
 from reflowes.events.model import Event, ExecCreated, ExecExited, ExecLost, ExecStarted, FileRef
+from reflowes.events.resources import format_size
 
 __all__ = ["MARKER", "LocalExecutor", "LocalPool"]
 
@@ -269,8 +270,8 @@ class LocalExecutor:
                 peak = max(peak, ex.limit)
             return ExecExited(exec_id=spec.exec_id, task_id=spec.task_id, exit_code=code,
                               oom=oom, peak_mem=peak, stderr_tail=last, duration=duration,
-                              error=f"exited with status {code}" + (" (out of memory)" if oom
-                                                                    else ""))
+                              error=(f"out of memory (limit {format_size(ex.limit)}, "
+                                     f"{self.memory})") if oom else None)
         if self._big_outputs(ex):
             self._defer(ex, peak, duration)
             return None
