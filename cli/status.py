@@ -41,7 +41,8 @@ def run_dict(layout: BatchLayout, run: RunState) -> dict[str, Any]:
 def totals(p: Projections) -> dict[str, Any]:
     """Batch totals: runs per phase, steps, resource-minutes, allocs, tasks, last seq."""
     out = p.batch.totals()
-    out.update(allocs=p.stats.total_allocs, tasks=p.stats.total_tasks, seq=p.seq)
+    out.update(allocs=p.stats.total_allocs, tasks=p.stats.total_tasks,
+               live_execs=len(p.manifests.live()), seq=p.seq)
     return out
 
 
@@ -49,7 +50,8 @@ def totals_line(t: dict[str, Any]) -> str:
     phases = ", ".join(f"{n} {ph}" for ph, n in t["phases"].items() if n)
     return (f"{t['runs']} runs ({phases or 'none'}); steps {t['steps_run']} run, "
             f"{t['steps_cached']} cached; {t['resource_minutes']:.2f} cpu-minutes; "
-            f"{t['allocs']} allocs, {t['tasks']} tasks; log at seq {t['seq']}")
+            f"{t['allocs']} allocs, {t['tasks']} tasks, {t['live_execs']} execs live; "
+            f"log at seq {t['seq']}")
 
 
 def in_sheet_order(batch: BatchState) -> list[RunState]:

@@ -199,6 +199,7 @@ def test_status_and_ps(batch_csv: Path) -> None:
     assert runs["r2"]["results"] == {"out": str(results / "r2" / "out")}
     assert runs["r2"]["resource_minutes"] == pytest.approx(1 * 30 / 60 + 1 * 120 / 60)
     assert got["totals"]["phases"]["done"] == 2 and got["totals"]["tasks"] == 2
+    assert got["totals"]["live_execs"] == 0 and got["totals"]["allocs"] == 1
     text = invoke("status", batch_csv)
     assert text.exit_code == 0 and "r2" in text.output and "2 runs (2 done)" in text.output
     assert json.loads(invoke("ps", batch_csv, "--json").output) == []
@@ -381,6 +382,7 @@ def test_ps_status_and_check_while_a_real_run_writes(tmp_path: Path) -> None:
         os.kill(int(str(x["handle"])), 0)  # the handle is the pid of a live process
         got = json.loads(invoke("status", csv, "--json").output)
         assert [(r["id"], r["phase"]) for r in got["runs"]] == [("z1", "eval")]
+        assert got["totals"]["live_execs"] == 1
         check = invoke("replay", csv, "--check")
         assert check.exit_code == 0 and check.output.startswith("ok: "), check.output
         assert "nap" in invoke("replay", csv, "--kind", "task.submitted").output
