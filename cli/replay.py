@@ -53,17 +53,17 @@ class Related:
     """
 
     def __init__(self, runs: tuple[str, ...], tasks: tuple[str, ...], allocs: tuple[str, ...]):
-        self.runs, self.task_prefixes, self.alloc_prefixes = set(runs), tasks, allocs
+        # Task ids are digests (a prefix will do); run and alloc ids are short and exact.
+        self.runs, self.task_prefixes, self.allocs = set(runs), tasks, set(allocs)
         self.run_tasks: set[str] = set()
         self.run_execs: set[str] = set()
         self.tasks: set[str] = set()
         self.task_execs: set[str] = set()
-        self.allocs: set[str] = set()
         self.alloc_execs: set[str] = set()
 
     @property
     def active(self) -> bool:
-        return bool(self.runs or self.task_prefixes or self.alloc_prefixes)
+        return bool(self.runs or self.task_prefixes or self.allocs)
 
     def _learn(self, ev: object) -> None:
         task = getattr(ev, "task_id", None)
@@ -71,9 +71,6 @@ class Related:
         exec_id = getattr(ev, "exec_id", None)
         if task is not None and task not in self.tasks and task.startswith(self.task_prefixes):
             self.tasks.add(task)
-        if alloc is not None and alloc not in self.allocs and alloc.startswith(
-                self.alloc_prefixes):
-            self.allocs.add(alloc)
         if getattr(ev, "run_id", None) in self.runs and task is not None:
             self.run_tasks.add(task)
         if exec_id is not None and task is not None:
@@ -95,7 +92,7 @@ class Related:
             return False
         if self.task_prefixes and not (task in self.tasks or exec_id in self.task_execs):
             return False
-        return not self.alloc_prefixes or (
+        return not self.allocs or (
             getattr(ev, "alloc_id", None) in self.allocs or exec_id in self.alloc_execs)
 
 

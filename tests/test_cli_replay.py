@@ -136,6 +136,7 @@ def test_replay_task_prefix_alloc_and_kind_filters(batch_csv: Path) -> None:
     assert [r["attempt"] for r in recs] == [1, 2]
     recs = lines(batch_csv, "--alloc", "a1", "--kind", "exec.")
     assert len(recs) == 9 and all(str(r["kind"]).startswith("exec.") for r in recs)
+    assert lines(batch_csv, "--alloc", "a") == []  # alloc ids are exact (a1 is not a10)
     recs = lines(batch_csv, "--kind", "run", "--kind", "alloc.granted")
     assert {r["kind"] for r in recs} == {"run.declared", "run.phase", "run.finished",
                                          "alloc.granted"}
