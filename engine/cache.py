@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
+from reflowes.engine.errors import InfraError
 from reflowes.events.model import FileRef, Result
 
 if TYPE_CHECKING:
@@ -66,13 +67,25 @@ def _decode_rows(texts: list[str]) -> list[_Result | None]:
         return out
 
 
+class CacheError(InfraError):
+    """The cache database cannot be used; it only speeds things up, so it may be deleted."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(f"{path}: {message} (the cache index can be deleted safely: it is "
+                         "rebuilt as steps run)")
+        self.path = path
+
+
 class Cache:
     """key -> successful step result; `get_many` answers a whole batch with one query."""
 
     def __init__(self, root: str | os.PathLike[str], repo: Repository | None = None) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
-        self.db = connect(self.root / DB_NAME)
+        try:
+            self.db = connect(self.root / DB_NAME)
+        except sqlite3.DatabaseError as e:
+            raise CacheError(str(self.root / DB_NAME), str(e)) from e
         self._repo = repo
         self._memo_mem: dict[str, tuple[int, int, int, str]] = {}
         self._memo_dirs: set[str] = set()

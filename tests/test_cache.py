@@ -97,3 +97,12 @@ def test_several_processes_share_the_cache(root: Path) -> None:
     assert [p.wait(60) for p in procs] == [0, 0, 0]
     hits = Cache(root).get_many([f"{t}{i}" for t in "abc" for i in range(150)])
     assert len(hits) == 450
+
+
+def test_a_damaged_cache_file_is_a_clear_error(root: Path) -> None:
+    from reflowes.engine.cache import CacheError
+
+    root.mkdir(parents=True)
+    (root / DB_NAME).write_bytes(b"this is not a database, just junk bytes" * 100)
+    with pytest.raises(CacheError, match="deleted safely"):
+        Cache(root)
