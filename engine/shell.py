@@ -45,6 +45,7 @@ from reflowes.events.model import (
 )
 
 _OUTCOMES = (ExecStarted, ExecExited, ExecLost)
+_EFFECTS = (TaskAssigned, AllocRequested, AllocReleased)
 # How long a group of facts may wait for more before it is committed (one fsync per group).
 GROUP_WINDOW = 0.002
 
@@ -156,7 +157,10 @@ class Shell:
                 batch.append(d)
                 self.world.apply(d)
             decisions.extend(made)
-        self.log.append(batch, at=self._now)
+        # fsync only groups whose decisions act on the world (write-ahead); the rest are
+        # crash-safe anyway and become power-safe with the next durable group.
+        self.log.append(batch, at=self._now,
+                        durable=any(isinstance(d, _EFFECTS) for d in decisions))
         for ev in batch:
             self._count(ev)
         return decisions

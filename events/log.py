@@ -45,7 +45,8 @@ class EventLog(Protocol):
 
     path: str
 
-    def append(self, events: Sequence[Event], at: float | None = None) -> list[Recorded]: ...
+    def append(self, events: Sequence[Event], at: float | None = None,
+               durable: bool = True) -> list[Recorded]: ...
 
     def read(
         self, after: int = 0, *, until: int | None = None, limit: int | None = None,
@@ -122,7 +123,8 @@ class MemoryLog:
         self._rows: list[RawRow] = []
         self._snapshots: dict[str, tuple[int, int, bytes]] = {}
 
-    def append(self, events: Sequence[Event], at: float | None = None) -> list[Recorded]:
+    def append(self, events: Sequence[Event], at: float | None = None,
+               durable: bool = True) -> list[Recorded]:
         """Append a group of events atomically; returns their envelopes."""
         if not events:
             return []
@@ -295,15 +297,25 @@ class SqliteLog:
             raise
         log = cls(p, conn, readonly, lock_fd)
         log._last = last
+        log._durable = True
         return log
 
     # ------------------------------------------------------------ writing
 
-    def append(self, events: Sequence[Event], at: float | None = None) -> list[Recorded]:
-        """Append a group in ONE transaction (group commit); returns the envelopes with seqs."""
+    def append(self, events: Sequence[Event], at: float | None = None,
+               durable: bool = True) -> list[Recorded]:
+        """Append a group in ONE transaction (group commit); returns the envelopes with seqs.
+
+        `durable=False` skips the fsync of this commit (synchronous=NORMAL): the group still
+        survives a crash of the process, and the next durable commit makes it power-safe too
+        (WAL commits are ordered). For groups whose loss on power failure only means redoing
+        work, never a decision performed without its record."""
         if not events:
             return []
         rows, recs = _encode_group(events, self._last + 1, time.time() if at is None else at)
+        if durable != self._durable:
+            self._live().execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
+            self._durable = durable
         with self._transaction() as conn:
             found = conn.execute("SELECT max(seq) FROM events").fetchone()[0] or 0
             if found != self._last:
