@@ -187,7 +187,8 @@ class Transition:
                 return str(a)
         return None
 
-    def assign(self, t: TaskRecord, alloc_id: str) -> None:
+    def assign(self, t: TaskRecord, alloc_id: str) -> Free:
+        """Decide that `t` runs on the alloc; returns the alloc's free room after it."""
         a = self.allocs[alloc_id]
         exec_id = f"{t.task_id}.{t.attempt}"
         f, r = a.free, t.resources
@@ -208,45 +209,58 @@ class Transition:
         self.execs = self.execs.set(exec_id, ExecSlot(t.task_id, alloc_id, t.attempt, t.resources))
         self.out.append(TaskAssigned(task_id=t.task_id, alloc_id=alloc_id, attempt=t.attempt,
                                      exec_id=exec_id, resources=t.resources))
+        return free
 
     def place(self) -> None:
         """Assign pending tasks in (priority, size, seq) order while any fits somewhere."""
         if not self.by_free or not self.buckets:
             return
         seq0 = self.seq0
+        buckets = self.buckets
         heap = []
+        single: str | None = None  # the one alloc every candidate must fit, if so
         if self.grown:
             # Old pending tasks fit nowhere but (maybe) in the allocs that grew this step.
             # A bucket key is (priority, cpu, mem, disk, gpu): the fit test needs no lookup.
-            rooms = [self.allocs[a].free for a in self.grown if a in self.allocs]
-            if len(rooms) == 1:  # the usual case: one exec ended
-                c, m, d, g = rooms[0]
+            grown = [a for a in self.grown if a in self.allocs]
+            if len(grown) == 1:  # the usual case: one exec ended
+                c, m, d, g = self.allocs[grown[0]].free
                 c += 1e-9
-                keys = {k for k in self.buckets.keys()  # noqa: SIM118 (a Map, not a dict)
+                keys = {k for k in buckets.keys()  # noqa: SIM118 (a Map, not a dict)
                         if k[1] <= c and k[2] <= m and k[3] <= d and k[4] <= g}
+                if not self.touched:
+                    single = grown[0]
             else:
-                keys = {k for k in self.buckets.keys()  # noqa: SIM118
+                rooms = [self.allocs[a].free for a in grown]
+                keys = {k for k in buckets.keys()  # noqa: SIM118
                         if any(fits(k[1:], r) for r in rooms)}
-            buckets = self.buckets
             for k in keys.union(self.touched):
                 b = buckets.get(k)
                 if b is not None:
                     heap.append((b.priority, b.weight, b.items[b.head][0], k))
         else:
             for k in self.touched:
-                b = self.buckets.get(k)
+                b = buckets.get(k)
                 if b is not None and b.items[b.head][0] >= seq0:
                     heap.append((b.priority, b.weight, b.items[b.head][0], k))
         if not heap:
             return
         heapq.heapify(heap)
-        grown = self.grown
+        room = self.allocs[single].free if single is not None else (0.0, 0, 0, 0)
         while heap:
             _, _, seq, k = heapq.heappop(heap)
+            if single is not None:  # no lookups: test the key against the shrinking room
+                if not (k[1] <= room[0] + 1e-9 and k[2] <= room[1] and k[3] <= room[2]
+                        and k[4] <= room[3]):
+                    continue
+                alloc = single
+            else:
+                b = self.buckets[k]
+                found = self.best_fit(b.need, b.weight, None if seq >= seq0 else self.grown)
+                if found is None:
+                    continue  # same shape behind it fits nowhere either
+                alloc = found
             old = self.buckets[k]
-            alloc = self.best_fit(old.need, old.weight, None if seq >= seq0 else grown)
-            if alloc is None:
-                continue  # same shape behind it fits nowhere either
             _, tid = old.peek()
             b = old.pop()
             self.pending -= 1
@@ -255,7 +269,7 @@ class Transition:
                 heapq.heappush(heap, (b.priority, b.weight, b.peek()[0], k))
             else:
                 self.put_bucket(k, old, None)
-            self.assign(self.tasks[tid], alloc)
+            room = self.assign(self.tasks[tid], alloc)
 
     def request(self) -> None:
         """Ask for allocs sized to the uncovered leftovers, once the drain time has passed."""
