@@ -369,3 +369,13 @@ def test_any_scalars_arrive_verbatim(ex, repo, values):  # type: ignore[no-untyp
     ev = run(ex, spec(tmpl, scalars=scalars, outputs={"out": "file"}))
     assert ev.exit_code == 0, ev
     assert repo.read_bytes(ev.result["out"]).decode().split("\0")[:-1] == values
+
+
+def test_network_is_host_only_when_asked(ex, docker_engine, batch):  # type: ignore[no-untyped-def]
+    s = spec("sleep 30", network=True)
+    (created,) = ex.put(s)
+    assert created.config["network_mode"] == "host"
+    (c,) = containers_of(docker_engine, batch, s.exec_id)
+    assert c.attrs["HostConfig"]["NetworkMode"] == "host"
+    ex.kill(s.exec_id)
+    assert containers_of(docker_engine, batch, s.exec_id) == []
