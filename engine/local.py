@@ -145,9 +145,8 @@ class LocalExecutor:
             if cgroup is not None and self._mem is not None:
                 self._mem.release(cgroup)
             return self._failed(spec, d, f"cannot start {SHELL}: {e}")
-        self._guardian.add(pid)
-        if not self._guardian.started:  # the first step: the guardian starts now, not at poll
-            self._guardian.flush([pid])
+        self._guardian.add(pid)  # at once: the controller may die before its next poll
+        self._guardian.flush([e.pid for e in self._live.values()] + [pid])
         pidfd = os.pidfd_open(pid)
         self._live[pidfd] = _Exec(spec, d, pid, pidfd, limit, cgroup)
         self._poller.register(pidfd, select.POLLIN)

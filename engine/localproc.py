@@ -61,7 +61,8 @@ while len(sys.argv) > 1 and os.path.isdir(sys.argv[1]) and time.monotonic() < de
 class Guardian:
     """A small process that holds the list of live step process groups and kills them (and
     removes the controller's memory cgroups) when its pipe closes: when the controller exits
-    or dies. Messages are buffered until `flush`, one write per poll."""
+    or dies. Ends of groups are buffered until the next `flush`; the guardian naps between
+    reads, so a write does not wake it (a wake-up per write cost ~0.7 ms on a busy machine)."""
 
     def __init__(self, cgroup_base: str | None = None) -> None:
         self.cgroup_base = cgroup_base
