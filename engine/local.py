@@ -1,6 +1,7 @@
 """The local executor: each exec is a `/bin/sh -c` process in a private dir `workdir/<exec id>/`
-(inputs under in/, outputs under out/, stdout, stderr; HOME and TMPDIR point there), in its own
-process group watched by a guardian; memory capped by a cgroup, else RLIMIT_AS. No docker."""
+(inputs under in/, outputs under out/, stdout, stderr; HOME and TMPDIR point there; the host's
+PATH and nothing else of its environment), in its own process group watched by a guardian;
+memory capped by a reused cgroup, else RLIMIT_AS. Imports no docker."""
 
 from __future__ import annotations
 
