@@ -345,3 +345,53 @@ def test_non_durable_groups_are_ordinary_commits(tmp_path):
         log.append([Tick()], at=3.0)
     with SqliteLog.open(path, readonly=True) as log:
         assert [(r.seq, r.at) for r in log.read()] == [(1, 1.0), (2, 2.0), (3, 2.0), (4, 3.0)]
+
+
+IN_DOUBT_WRITER = textwrap.dedent("""
+    import sys
+    from reflowes.events.log import SqliteLog
+    from reflowes.events.model import Tick
+    path = sys.argv[1]
+    log = SqliteLog.open(path)
+    log.append([Tick()] * 10, at=1.0)
+    print("10", flush=True)
+    sys.stdin.readline()
+    with open(path + "-shm", "rb") as f:
+        index = f.read()
+    log.append([Tick()] * 5, at=2.0)
+    # Die as if killed inside COMMIT: the group is in the WAL, the shared index does not show it.
+    with open(path + "-shm", "r+b") as f:
+        f.write(index)
+    print("in doubt", flush=True)
+    sys.stdin.readline()
+""")
+
+
+@pytest.mark.parametrize("settle", [True, False], ids=["settled", "without-settle"])
+def test_a_group_left_in_doubt_never_appears_behind_a_reader(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, settle: bool) -> None:
+    from reflowes.events import log as log_module
+
+    if not settle:
+        monkeypatch.setattr(log_module, "_settle", lambda conn: None)
+    path = tmp_path / "log.sqlite"
+    writer = subprocess.Popen([sys.executable, "-c", IN_DOUBT_WRITER, str(path)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert writer.stdin and writer.stdout
+    assert writer.stdout.readline().strip() == "10"
+    reader = SqliteLog.open(path, readonly=True)  # keeps the shared index alive throughout
+    assert reader.last_seq() == 10
+    writer.stdin.write("\n")
+    writer.stdin.flush()
+    assert writer.stdout.readline().strip() == "in doubt"
+    writer.kill()
+    writer.wait()
+    assert reader.last_seq() == 10
+    with SqliteLog.open(path) as log:  # the next writer
+        assert log.last_seq() == 10
+    assert reader.last_seq() == 10
+    reader.close()
+    with SqliteLog.open(path, readonly=True) as fresh:  # every connection closed: index rebuilt
+        # Settled at the writer's open, the unacknowledged group is gone for good; unsettled,
+        # SQLite's recovery brings it back after readers and the next writer went on without it.
+        assert fresh.last_seq() == (10 if settle else 15)
