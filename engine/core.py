@@ -21,11 +21,23 @@ Theory (the rules of the state machine)
     Invariant after every step: no pending task fits the free resources of any live alloc,
     and no alloc is over-committed. So only allocs whose free space grew in this step, and
     tasks enqueued in this step, need to be looked at: cost O(buckets + log n) per fact.
+  * Pending tasks live in FIFO buckets, one per (priority, shape); a requeued attempt
+    queues as of its requeue. The number of shapes is small, so buckets are few.
   * Requests: when tasks are left unplaced, the drain time has passed since the last
     submission, and fewer than max_pending_allocs requests are outstanding, the leftovers
     not already covered by outstanding requests are packed first-fit-decreasing into bins
-    of max_alloc; one AllocRequested per bin (ids r1, r2, ...).
+    of max_alloc (higher priority first); one AllocRequested per bin (ids r1, r2, ...),
+    asking for the bin's sum (at least min_alloc) with its largest task (at least
+    min_alloc, capped) as the minimum. A request covers, per bucket, the tasks packed into
+    it until it is granted; the grant then places whatever fits, by priority.
   * An alloc with no exec for max_alloc_idle is released; one holding execs never is.
+    AllocDied for an alloc already released or dead is accepted and changes nothing.
+  * Retries: lost (alloc died, exec lost) up to max_lost lost attempts; OOM up to
+    max_oom_retries with mem = max(declared, ceil(oom_factor x peak)), or oom_factor x the
+    mem that failed when that is no larger, capped by max_alloc.mem (failing at once when
+    the cap is what failed); exit 75 up to max_temp_retries with the same resources. Any
+    other exit, or exit 0 with an error, fails with the exit code and stderr tail.
+  * A SchedulerConfigured replaces the config; pending tasks larger than its max_alloc fail.
 """
 
 from __future__ import annotations
