@@ -79,11 +79,15 @@ def _summary(p: Progress, layout: BatchLayout, as_json: bool) -> None:
     click.echo(f"results: {layout.results}")
 
 
-def _snapshot(layout: BatchLayout) -> None:
+def _checkpoint(log: SqliteLog) -> None:
     """Store the projections as of now, so status and replay read only the tail next time."""
+    projections.snapshot(log, projections.fold(log))
+
+
+def _snapshot(layout: BatchLayout) -> None:
     if layout.log.exists():
         with SqliteLog.open(layout.log) as log:
-            projections.snapshot(log, projections.fold(log))
+            _checkpoint(log)
 
 
 @click.command("run")
@@ -126,7 +130,7 @@ def run(csv: Path, program: Path | None, id_column: str | None, parallel: int, r
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         with _Display(quiet or as_json) as display:
-            progress = drive(opts, on_progress=display)
+            progress = drive(opts, on_progress=display, checkpoint=_checkpoint)
     except KeyboardInterrupt:
         _snapshot(layout)
         click.echo("interrupted: run the same command again to resume", err=True)

@@ -46,6 +46,8 @@ from reflowes.events.model import (
 
 _OUTCOMES = (ExecStarted, ExecExited, ExecLost)
 _EFFECTS = (TaskAssigned, AllocRequested, AllocReleased)
+# A long invocation lets readers (status, replay) start from a recent snapshot this often.
+CHECKPOINT_EVERY = 200_000
 # How long a group of facts may wait for more before it is committed (one fsync per group).
 GROUP_WINDOW = 0.002
 
@@ -82,8 +84,11 @@ class BatchLocked(UserError):
 class Shell:
     """One invocation of a batch: owns the log's only write connection."""
 
-    def __init__(self, opts: BatchOptions, on_progress: Callable[[Progress], None] | None = None):
+    def __init__(self, opts: BatchOptions, on_progress: Callable[[Progress], None] | None = None,
+                 checkpoint: Callable[[SqliteLog], None] | None = None) -> None:
         self.opts = opts
+        self.checkpoint = checkpoint
+        self._next_checkpoint = CHECKPOINT_EVERY
         self.layout = BatchLayout.for_csv(opts.csv)
         self.on_progress = on_progress or (lambda p: None)
         self.progress = Progress()
@@ -163,6 +168,9 @@ class Shell:
                         durable=any(isinstance(d, _EFFECTS) for d in decisions))
         for ev in batch:
             self._count(ev)
+        if self.checkpoint is not None and self.log.last_seq() >= self._next_checkpoint:
+            self.checkpoint(self.log)
+            self._next_checkpoint = self.log.last_seq() + CHECKPOINT_EVERY
         return decisions
 
     def flush(self, facts: list[Event]) -> None:
@@ -355,7 +363,9 @@ class Shell:
             self.on_progress(self.progress)
 
 
-def drive(opts: BatchOptions, on_progress: Callable[[Progress], None] | None = None) -> Progress:
-    """Run a batch: the entry point of `reflowes run`."""
-    return Shell(opts, on_progress).run()
+def drive(opts: BatchOptions, on_progress: Callable[[Progress], None] | None = None,
+          checkpoint: Callable[[SqliteLog], None] | None = None) -> Progress:
+    """Run a batch: the entry point of `reflowes run`. `checkpoint(log)` is called with the
+    writer's log every CHECKPOINT_EVERY events (the CLI stores a projections snapshot)."""
+    return Shell(opts, on_progress, checkpoint).run()
 

@@ -247,3 +247,27 @@ def test_bundled_example_runs(tmp_path):
     assert summary["done"] == 5 and summary["steps_run"] == 21
     report = tmp_path / "reads/samples.reflowes/results/S3/report/summary.tsv"
     assert report.read_text().startswith("sample\tS3\nreads\t")
+
+
+def test_long_invocation_checkpoints_projections(batch, monkeypatch):
+    from reflowes.cli.run import _checkpoint
+    from reflowes.engine import shell
+    from reflowes.engine.batchplan import BatchOptions
+    from reflowes.projections import fold
+
+    d, env = batch
+    monkeypatch.setattr(shell, "CHECKPOINT_EVERY", 20)
+    seqs: list[int] = []
+
+    def checkpoint(log):
+        seqs.append(log.last_seq())
+        _checkpoint(log)
+
+    progress = shell.drive(BatchOptions(csv=d / "b.csv", program=d / "prog.py",
+                                        repo=d / "home"), checkpoint=checkpoint)
+    assert progress.runs_done == 3
+    assert len(seqs) >= 2 and all(b - a >= 20 for a, b in zip(seqs, seqs[1:]))
+    with SqliteLog.open(d / "b.reflowes/log.sqlite", readonly=True) as log:
+        seq, _version, _blob = log.load_snapshot(fold.SNAPSHOT_NAME)
+        assert seq == seqs[-1]
+        assert fold.fold(log).to_dict() == fold.fold(log, use_snapshot=False).to_dict()
