@@ -13,7 +13,6 @@ from pathlib import Path
 
 import psutil
 import pytest
-
 from reflowes.events.log import SqliteLog
 from reflowes.events.model import ExecCreated, ExecExited, TaskAssigned, TaskSubmitted
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -12,7 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from reflowes.events.log import SqliteLog
 
 PROGRAM = textwrap.dedent('''
@@ -33,7 +33,7 @@ PROGRAM = textwrap.dedent('''
 def reflowes(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "reflowes.cli.main", *args], cwd=cwd, env=env,
-        capture_output=True, text=True, timeout=120,
+        capture_output=True, text=True, timeout=120, check=False,
     )
 
 
@@ -225,7 +225,7 @@ def test_ctrl_c_stops_cleanly_and_a_rerun_resumes(batch):
             break
         time.sleep(0.05)
     p.send_signal(signal.SIGINT)
-    out, err = p.communicate(timeout=60)
+    _out, err = p.communicate(timeout=60)
     assert p.returncode == 130, err
     assert "resume" in err and "Traceback" not in err
     r = reflowes("run", "b.csv", "-p", "slow.py", "--json", cwd=d, env=env)
@@ -255,7 +255,7 @@ def test_long_invocation_checkpoints_projections(batch, monkeypatch):
     from reflowes.engine.batchplan import BatchOptions
     from reflowes.projections import fold
 
-    d, env = batch
+    d, _env = batch
     monkeypatch.setattr(shell, "CHECKPOINT_EVERY", 20)
     seqs: list[int] = []
 
@@ -266,7 +266,7 @@ def test_long_invocation_checkpoints_projections(batch, monkeypatch):
     progress = shell.drive(BatchOptions(csv=d / "b.csv", program=d / "prog.py",
                                         repo=d / "home"), checkpoint=checkpoint)
     assert progress.runs_done == 3
-    assert len(seqs) >= 2 and all(b - a >= 20 for a, b in zip(seqs, seqs[1:]))
+    assert len(seqs) >= 2 and all(b - a >= 20 for a, b in itertools.pairwise(seqs))
     with SqliteLog.open(d / "b.reflowes/log.sqlite", readonly=True) as log:
         seq, _version, _blob = log.load_snapshot(fold.SNAPSHOT_NAME)
         assert seq == seqs[-1]
