@@ -110,27 +110,41 @@ class MemoryGroups:
 
     def acquire(self, limit: int) -> Group:
         """A group capped at `limit` bytes (0: uncapped) with a fresh peak."""
-        if self._free:
-            g = self._free.pop()
-        else:
-            self._n += 1
-            path = f"{self.base}/{self._n}"
-            if self._n == 1 or not os.path.isdir(self.base):
-                os.makedirs(self.base, exist_ok=True)
-                atexit.register(self.close)  # SIGKILL is the guardian's business
-            os.mkdir(path)
-            self._memsw = os.path.exists(f"{path}/memory.memsw.limit_in_bytes")
-            g = Group(path, self._memsw)
-            g.ooms = _oom_kills(g)
-        if g.limit != limit:
-            value = b"%d" % limit if limit > 0 else b"-1"
-            if self._memsw:  # memsw >= mem at all times: lift it, set mem, then cap it
-                os.write(g.fds[6], b"-1")
-            os.write(g.fds[4], value)
-            if self._memsw:  # no swapping past the limit either
-                os.write(g.fds[6], value)
-            g.limit = limit
+        g = self._free.pop() if self._free else self._new_group()
+        try:
+            self._set_limit(g, limit)
+        except OSError:  # e.g. EBUSY: charges it cannot shed below the new limit; use a new one
+            g.close()
+            try:
+                os.rmdir(g.path)
+            except OSError:
+                pass
+            g = self._new_group()
+            self._set_limit(g, limit)
         return g
+
+    def _new_group(self) -> Group:
+        self._n += 1
+        path = f"{self.base}/{self._n}"
+        if self._n == 1 or not os.path.isdir(self.base):
+            os.makedirs(self.base, exist_ok=True)
+            atexit.register(self.close)  # SIGKILL is the guardian's business
+        os.mkdir(path)
+        self._memsw = os.path.exists(f"{path}/memory.memsw.limit_in_bytes")
+        g = Group(path, self._memsw)
+        g.ooms = _oom_kills(g)
+        return g
+
+    def _set_limit(self, g: Group, limit: int) -> None:
+        if g.limit == limit:
+            return
+        value = b"%d" % limit if limit > 0 else b"-1"
+        if self._memsw:  # memsw >= mem at all times: lift it, set mem, then cap it
+            os.write(g.fds[6], b"-1")
+        os.write(g.fds[4], value)
+        if self._memsw:  # no swapping past the limit either
+            os.write(g.fds[6], value)
+        g.limit = limit
 
     @staticmethod
     def prologue(g: Group) -> str:

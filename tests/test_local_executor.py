@@ -415,3 +415,26 @@ def test_pool_memory_is_capped_by_the_cgroup_limit(tmp_path: Path) -> None:
         assert int(out) == int(3 * GiB * 0.95)
     finally:
         group.rmdir()
+
+
+def test_memory_groups_are_reused_and_relimited(tmp_path: Path) -> None:
+    groups = MemoryGroups.open()
+    if groups is None:
+        pytest.skip("no writable cgroup v1 memory controller here")
+    try:
+        g = groups.acquire(100 * MiB)
+        assert Path(g.path, "memory.limit_in_bytes").read_text().strip() == str(100 * MiB)
+        proc = subprocess.run(["/bin/sh", "-c", groups.prologue(g) + f"{sys.executable} -c "
+                               "'bytearray(60 << 20)'"], check=True)
+        assert proc.returncode == 0
+        peak, oom = MemoryGroups.read(g)
+        assert 60 * MiB <= peak <= 100 * MiB and not oom
+        groups.release(g)
+        again = groups.acquire(300 * MiB)
+        assert again is g  # the same group, a new limit, a fresh peak
+        assert Path(g.path, "memory.limit_in_bytes").read_text().strip() == str(300 * MiB)
+        assert MemoryGroups.read(g)[0] < 60 * MiB
+        groups.release(again)
+    finally:
+        groups.close()
+    assert not Path(groups.base).exists()
