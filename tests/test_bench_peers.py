@@ -118,3 +118,23 @@ def test_measure_kills_the_whole_group_on_cue_and_on_a_stall(tmp_path: Path) -> 
     assert m.stalled and m.timed_out and not m.killed and m.wall < 5
     m = measure.run(["sh", "-c", "echo ok"], tmp_path, tmp_path / "log", pending=lambda: 0)
     assert (m.returncode, m.killed, m.timed_out) == (0, False, False) and m.peak_rss > 0
+
+
+def test_headlines_compare_peers_to_reflowes_and_count_reruns_after_a_crash() -> None:
+    def row(engine: str, scenario: str, wall: float, **kw: object) -> Row:
+        return Row(engine, "1", "W", 1000, scenario, 1000, wall=wall, **kw)  # type: ignore[arg-type]
+
+    rows = [
+        row("reflowes", "cold", 10.0),
+        row("snakemake", "cold", 45.0),
+        row("reflowes", "resume", 5.0, reran=0),
+        row("snakemake", "resume", 20.0, reran=1, refusals=2),
+    ]
+    heads = report.headlines(rows, ["reflowes", "snakemake"], 1000, 1000)
+    assert heads == [
+        "W(1,000) from nothing: reflowes 10.0 s; snakemake 45.0 s (4.5×) (× reflowes).",
+        (
+            "Finished steps run again after a SIGKILL at 50% of W(1,000): reflowes 0, "
+            "snakemake 1 (after refusing 2×)."
+        ),
+    ]

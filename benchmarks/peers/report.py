@@ -28,6 +28,8 @@ class Row:
     wall: float | None = None  # None: skipped or failed, see note
     peak_rss: int | None = None  # bytes
     note: str = ""
+    reran: int | None = None  # done/resume: finished steps that ran again
+    refusals: int = 0  # resume: times the engine refused the plain rerun
 
     @property
     def workload(self) -> str:
@@ -95,3 +97,42 @@ def replace_section(text: str, title: str, body: str) -> str:
         return pattern.sub(lambda _: section + "\n", text, count=1).rstrip() + "\n"
     sep = "" if not text else ("\n" if text.endswith("\n") else "\n\n")
     return text + sep + section
+
+
+def _find(rows: list[Row], engine: str, kind: str, n: int, scenario: str) -> Row | None:
+    for r in rows:
+        if (r.engine, r.kind, r.n, r.scenario) == (engine, kind, n, scenario):
+            return r
+    return None
+
+
+def headlines(rows: list[Row], engines: list[str], n: int, fan_in: int) -> list[str]:
+    """A few summary lines: peers against reflowes per scenario, and what a crash cost each."""
+    out = []
+    for kind, size, scenario, label in (
+        ("W", n, "cold", f"W({n:,}) from nothing"),
+        ("D", fan_in, "cold", f"D({fan_in:,}) fan-in"),
+        ("W", n, "done", f"W({n:,}) already done"),
+    ):
+        base = _find(rows, SELF, kind, size, scenario)
+        if base is None or base.wall is None:
+            continue
+        parts = []
+        for e in engines:
+            r = _find(rows, e, kind, size, scenario)
+            if e != SELF and r is not None and r.wall is not None:
+                parts.append(f"{e} {r.wall:.1f} s ({r.wall / base.wall:.1f}×)")
+        out.append(f"{label}: reflowes {base.wall:.1f} s; " + ", ".join(parts) + " (× reflowes).")
+    crashes = []
+    for e in engines:
+        r = _find(rows, e, "W", n, "resume")
+        if r is not None and r.reran is not None:
+            refused = f" (after refusing {r.refusals}×)" if r.refusals else ""
+            crashes.append(f"{e} {r.reran}{refused}")
+    if crashes:
+        out.append(
+            f"Finished steps run again after a SIGKILL at 50% of W({n:,}): "
+            + ", ".join(crashes)
+            + "."
+        )
+    return out

@@ -111,6 +111,7 @@ def cold(engine: Engine, version: str, w: Workload, work: Path, done_too: bool) 
                 None if m2.timed_out else m2.wall,
                 m2.peak_rss,
                 note2,
+                reran=reran,
             )
         )
         print(f"  {engine.name:9} {w.label:10} done  {m2.wall:8.2f} s {note2}", flush=True)
@@ -162,5 +163,6 @@ def crash(engine: Engine, version: str, w: Workload, work: Path) -> Row:
     )
     row.note = "; ".join(x for x in [verdict, summary, *notes] if x)
     row.wall, row.peak_rss = (None if m.timed_out else wall), peak
+    row.reran, row.refusals = reran, len(notes)
     print(f"  {engine.name:9} {w.label:10} resume {wall:7.2f} s {row.note}", flush=True)
     return row
