@@ -320,3 +320,53 @@ def test_reconfigured_smaller_fails_what_no_longer_fits() -> None:
     assert isinstance(req, AllocRequested)
     assert req.resources.cpu == 1  # type: ignore[attr-defined]
     assert core.task_counts(d.state)[TaskState.PENDING] == 1
+
+
+_DRIVE = r"""
+import hashlib
+from reflowes.engine import core
+from reflowes.events.model import *
+from reflowes.events.resources import GiB, Resources
+s, out = core.initial(), []
+def feed(ev, at):
+    global s
+    s, made = core.step(s, ev, at)
+    out.extend(repr(d) for d in made)
+feed(SchedulerConfigured(max_alloc=Resources(8, 32 * GiB, 100 * GiB)), 0)
+for i in range(300):
+    r = Resources(1 + i % 3, (1 + i % 4) * GiB, 0, i % 7 == 0)
+    feed(TaskSubmitted(task_id=f"t{i}", run_id="r", key="k", ident="i", resources=r,
+                       priority=i % 2), i * 1e-4)
+t, n = 1.0, 0
+feed(Tick(), t)
+while core.outstanding_requests(s) or core.assigned_execs(s):
+    t += 1
+    for rid in sorted(core.outstanding_requests(s)):
+        n += 1
+        feed(AllocGranted(alloc_id=f"a{n}", request_id=rid,
+                          resources=core.outstanding_requests(s)[rid].resources), t)
+    execs = sorted(core.assigned_execs(s).items())
+    if n == 3 and execs:
+        feed(AllocDied(alloc_id=execs[0][1].alloc_id, reason="x"), t)
+        continue
+    for x, slot in execs[:7]:
+        feed(ExecExited(exec_id=x, task_id=slot.task_id, exit_code=(0, 75, 3)[len(x) % 3]), t)
+print(len(out), hashlib.sha256("\n".join(out).encode()).hexdigest())
+"""
+
+
+def test_decisions_do_not_depend_on_string_hashing() -> None:
+    """Set and map iteration order changes with PYTHONHASHSEED; the decisions must not."""
+    import os
+    import subprocess
+    import sys
+
+    outs = set()
+    for seed in ("1", "2", "3"):
+        env = dict(os.environ, PYTHONHASHSEED=seed)
+        run = subprocess.run([sys.executable, "-c", _DRIVE], env=env, capture_output=True,
+                             text=True, check=True)
+        outs.add(run.stdout.strip())
+    assert len(outs) == 1
+    n = int(outs.pop().split()[0])
+    assert n > 600  # assignments, finishes, requeues, requests were all made
