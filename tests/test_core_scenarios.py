@@ -346,8 +346,9 @@ while core.outstanding_requests(s) or core.assigned_execs(s):
         feed(AllocGranted(alloc_id=f"a{n}", request_id=rid,
                           resources=core.outstanding_requests(s)[rid].resources), t)
     execs = sorted(core.assigned_execs(s).items())
-    if n == 3 and execs:
-        feed(AllocDied(alloc_id=execs[0][1].alloc_id, reason="x"), t)
+    if t == 3:  # kill the busiest alloc: its tasks are requeued in a deterministic order
+        held = sorted(slot.alloc_id for _, slot in execs)
+        feed(AllocDied(alloc_id=max(held, key=held.count), reason="x"), t)
         continue
     for x, slot in execs[:7]:
         feed(ExecExited(exec_id=x, task_id=slot.task_id, exit_code=(0, 75, 3)[len(x) % 3]), t)
