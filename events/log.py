@@ -262,6 +262,7 @@ class SqliteLog:
         self._conn: sqlite3.Connection | None = conn
         self._lock_fd = lock_fd
         self._last = 0
+        self._durable = True  # synchronous=FULL, as open() sets it
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, readonly: bool = False,
@@ -297,7 +298,6 @@ class SqliteLog:
             raise
         log = cls(p, conn, readonly, lock_fd)
         log._last = last
-        log._durable = True
         return log
 
     # ------------------------------------------------------------ writing

@@ -333,16 +333,20 @@ def test_a_creation_cut_short_leaves_no_log_and_is_redone(tmp_path: Path) -> Non
     assert check(path) == 1
 
 
-def test_non_durable_groups_are_ordinary_commits(tmp_path):
+def test_non_durable_groups_are_ordinary_commits(tmp_path: Path) -> None:
     """durable=False only skips the fsync: the group is committed, ordered and readable."""
-    from reflowes.events.log import SqliteLog
-    from reflowes.events.model import Tick
-
     path = tmp_path / "log.sqlite"
+
+    def synchronous(log: SqliteLog) -> int:
+        return int(log._live().execute("PRAGMA synchronous").fetchone()[0])
+
     with SqliteLog.open(path) as log:
         log.append([Tick()], at=1.0)
+        assert synchronous(log) == 2  # FULL
         log.append([Tick(), Tick()], at=2.0, durable=False)
+        assert synchronous(log) == 1  # NORMAL, for that group only
         log.append([Tick()], at=3.0)
+        assert synchronous(log) == 2
     with SqliteLog.open(path, readonly=True) as log:
         assert [(r.seq, r.at) for r in log.read()] == [(1, 1.0), (2, 2.0), (3, 2.0), (4, 3.0)]
 
