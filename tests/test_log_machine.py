@@ -39,10 +39,10 @@ class LogMachine(RuleBasedStateMachine):
         self.sql.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
-    @rule(group=groups(), at=st.floats(0, 4e9, allow_nan=False))
-    def append(self, group: list[Any], at: float) -> None:
-        a = self.mem.append(group, at=at)
-        b = self.sql.append(group, at=at)
+    @rule(group=groups(), at=st.floats(0, 4e9, allow_nan=False), durable=st.booleans())
+    def append(self, group: list[Any], at: float, durable: bool) -> None:
+        a = self.mem.append(group, at=at, durable=durable)
+        b = self.sql.append(group, at=at, durable=durable)
         assert a == b
         first = len(self.model) + 1
         assert a == [Recorded(first + i, at, ev) for i, ev in enumerate(group)]
