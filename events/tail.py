@@ -11,7 +11,7 @@ import time
 import urllib.parse
 from collections.abc import Callable, Iterator
 
-from reflowes.events.errors import CorruptLog, NewerSchema, NotALog
+from reflowes.events.errors import CorruptLog, LogError, LogLocked, NewerSchema, NotALog
 from reflowes.events.model import SCHEMA_VERSION, Recorded
 
 FORMAT = "reflowes-log"
@@ -69,6 +69,9 @@ def validate(conn: sqlite3.Connection, path: str) -> int:
         raise NotALog(path, "empty file, not a reflowes event log")
     try:
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    except sqlite3.OperationalError as e:  # cannot open, locked, I/O error: not damage
+        cls = LogLocked if "locked" in str(e) or "busy" in str(e) else LogError
+        raise cls(path, f"cannot read the log: {e}") from None
     except sqlite3.DatabaseError as e:
         if "not a database" in str(e) or "encrypted" in str(e):
             raise NotALog(path, "not an SQLite database, so not a reflowes event log") from None
