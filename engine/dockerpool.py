@@ -82,7 +82,7 @@ def batch_containers(client: docker.DockerClient, batch_id: str,
                      **labels: str) -> list[docker.models.containers.Container]:
     """Every container (any state) of this batch, optionally narrowed by more labels."""
     filters = [f"{LABEL_BATCH}={batch_id}"] + [f"reflowes.{k}={v}" for k, v in labels.items()]
-    return list(client.containers.list(all=True, filters={"label": filters}))
+    return list(client.containers.list(all=True, filters={"label": filters}, ignore_removed=True))
 
 
 

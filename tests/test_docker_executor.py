@@ -86,7 +86,8 @@ def run(ex: DockerExecutor, s: ExecSpec) -> ExecExited:
 
 def containers_of(client, batch: str, exec_id: str) -> list:  # type: ignore[no-untyped-def]
     return client.containers.list(
-        all=True, filters={"label": [f"{LABEL_BATCH}={batch}", f"{LABEL_EXEC}={exec_id}"]})
+        all=True, filters={"label": [f"{LABEL_BATCH}={batch}", f"{LABEL_EXEC}={exec_id}"]},
+        ignore_removed=True)
 
 
 def test_output_is_hashed_owned_and_container_removed(ex, repo, docker_engine, batch, tmp_path):  # type: ignore[no-untyped-def]
