@@ -46,6 +46,8 @@ from reflowes.events.model import (
 
 _OUTCOMES = (ExecStarted, ExecExited, ExecLost)
 _EFFECTS = (TaskAssigned, AllocRequested, AllocReleased)
+# How often finished results are written to the shared cache index (seconds).
+CACHE_FLUSH_EVERY = 0.5
 # A long invocation lets readers (status, replay) start from a recent snapshot this often.
 CHECKPOINT_EVERY = 200_000
 # How long a group of facts may wait for more before it is committed (one fsync per group).
@@ -88,6 +90,7 @@ class Shell:
                  checkpoint: Callable[[SqliteLog], None] | None = None) -> None:
         self.opts = opts
         self.checkpoint = checkpoint
+        self._cache_flushed = 0.0
         self._next_checkpoint = CHECKPOINT_EVERY
         self.layout = BatchLayout.for_csv(opts.csv)
         self.on_progress = on_progress or (lambda p: None)
@@ -186,7 +189,11 @@ class Shell:
         out: list[Event] = []
         for d in decisions:
             out += self.perform(d)
-        self.evaluator.flush_cache()
+        # The cache index is written in batches: results are in the log already, and a
+        # restart copies any the index missed (Evaluator.restore).
+        if self._now - self._cache_flushed >= CACHE_FLUSH_EVERY:
+            self.evaluator.flush_cache()
+            self._cache_flushed = self._now
         return out
 
     def perform(self, d: Event) -> list[Event]:
