@@ -3,6 +3,8 @@
     python -m benchmarks.bench_log                   # appends at groups 1/100/1000, 1M-event scan
     python -m benchmarks.bench_log --events 100000   # a smaller scan log
 
+Rows marked NORMAL: append(durable=False) beside a floor at synchronous=NORMAL (no fsync).
+
 Appends: SqliteLog.append (synchronous=FULL) beside a stdlib loop of INSERTs of pre-serialized
 200-byte bodies, BEGIN...COMMIT per group, same columns. Scan: raw SELECT + json.loads (floor)
 beside SqliteLog.read() (typed msgspec decode into attrs events) and read_raw().
@@ -69,11 +71,12 @@ def take(n: int) -> list[m.Event]:
 # ---------------------------------------------------------------- appends
 
 
-def floor_append(path: str, group: int, seconds: float, body: str) -> tuple[float, float]:
+def floor_append(path: str, group: int, seconds: float, body: str, durable: bool = True
+                 ) -> tuple[float, float]:
     """Raw stdlib: INSERT loop of pre-serialized bodies, BEGIN...COMMIT per group."""
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute("PRAGMA synchronous = FULL")
+    conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
     conn.execute(FLOOR_SQL)
     seq, n, t0, c0 = 0, 0, time.perf_counter(), time.process_time()
     while time.perf_counter() - t0 < seconds:
@@ -89,14 +92,14 @@ def floor_append(path: str, group: int, seconds: float, body: str) -> tuple[floa
     return rates
 
 
-def log_append(path: str, group: int, seconds: float, events: list[m.Event]
-               ) -> tuple[float, float]:
+def log_append(path: str, group: int, seconds: float, events: list[m.Event],
+               durable: bool = True) -> tuple[float, float]:
     """SqliteLog.append: encode with msgspec, one BEGIN IMMEDIATE...COMMIT per group."""
     groups = [events[i:i + group] for i in range(0, len(events) - group + 1, group)]
     with SqliteLog.open(path) as log:
         n, i, t0, c0 = 0, 0, time.perf_counter(), time.process_time()
         while time.perf_counter() - t0 < seconds:
-            log.append(groups[i % len(groups)], at=1.0)
+            log.append(groups[i % len(groups)], at=1.0, durable=durable)
             n += group
             i += 1
         return n / (time.perf_counter() - t0), (time.process_time() - c0) / n * 1e6
@@ -107,18 +110,19 @@ def bench_appends(tmp: str, seconds: float, reps: int) -> None:
     sizes = [len(codec.encode(ev)) for ev in events]
     print(f"append: mixed events, mean body {statistics.mean(sizes):.0f} B; floor bodies 200 B; "
           f"WAL, synchronous=FULL; median of {reps} interleaved runs of {seconds:g} s")
-    print(f"{'group':>6} {'floor ev/s':>12} {'SqliteLog ev/s':>15} {'ratio':>6}   "
+    print(f"{'group':>10} {'floor ev/s':>12} {'SqliteLog ev/s':>15} {'ratio':>6}   "
           f"{'CPU us/ev floor':>15} {'SqliteLog':>9}")
-    for group in (1, 100, 1000):
+    for group, durable in ((1, True), (100, True), (1000, True), (1, False), (100, False)):
         floors, logs = [], []
         for rep in range(reps):
             for fn, out in ((floor_append, floors), (log_append, logs)):
-                path = os.path.join(tmp, f"append-{group}-{rep}-{fn.__name__}.sqlite")
+                path = os.path.join(tmp, f"append-{group}-{durable}-{rep}-{fn.__name__}.sqlite")
                 arg: object = "x" * 200 if fn is floor_append else events
-                out.append(fn(path, group, seconds, arg))  # type: ignore[operator]
+                out.append(fn(path, group, seconds, arg, durable))  # type: ignore[operator]
         f, g = (statistics.median(r for r, _ in floors), statistics.median(r for r, _ in logs))
         fc, gc = (statistics.median(c for _, c in floors), statistics.median(c for _, c in logs))
-        print(f"{group:>6} {f:>12,.0f} {g:>15,.0f} {g / f:>6.2f}   {fc:>15.1f} {gc:>9.1f}")
+        label = f"{group}" if durable else f"{group} NORMAL"
+        print(f"{label:>10} {f:>12,.0f} {g:>15,.0f} {g / f:>6.2f}   {fc:>15.1f} {gc:>9.1f}")
 
 
 # ---------------------------------------------------------------- scans
