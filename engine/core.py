@@ -54,7 +54,6 @@ from reflowes.engine.schedstate import (
     as_free,
     assigned_execs,
     fits,
-    free_size,
     live_allocs,
     outstanding_requests,
     task,
@@ -181,9 +180,7 @@ def _granted(tx: Transition, ev: AllocGranted) -> None:
             tx.put_bucket(key, b, b.cover(-n))
     rec = AllocRecord(ev.alloc_id, ev.request_id, ev.resources, as_free(ev.resources),
                       frozenset(), tx.now, tx.now)
-    tx.allocs = tx.allocs.set(ev.alloc_id, rec)
-    tx.by_free = tx.by_free.add((free_size(rec.free), ev.alloc_id))
-    tx.idle = tx.idle.add((tx.now, ev.alloc_id))
+    tx.put_alloc(None, rec)
     tx.grown.add(ev.alloc_id)
 
 
@@ -196,7 +193,7 @@ def _died(tx: Transition, ev: AllocDied) -> None:
     _need_config(tx, ev.kind)
     for exec_id in sorted(a.execs):  # sorted: set order depends on string hashing
         tx.lose(exec_id, f"alloc {ev.alloc_id} died: {ev.reason}", free_alloc=False)
-    tx.put_alloc(a, None)
+    tx.drop_alloc(a)
     tx.gone = tx.gone.set(ev.alloc_id, f"died: {ev.reason}")
 
 

@@ -37,7 +37,8 @@ class Transition:
     """One step in progress: working references to persistent structures, then build()."""
 
     __slots__ = (
-        "allocs", "buckets", "by_free", "config", "counts", "execs", "gone", "grown", "idle",
+        "allocs", "buckets", "by_free", "config", "counts", "dirty", "execs", "gone", "grown",
+        "idle",
         "last_submit_at", "next_request", "next_seq", "now", "out", "pending", "requests", "s",
         "seq0", "tasks", "touched", "uncovered",
     )
@@ -56,8 +57,13 @@ class Transition:
         self.grown: set[str] = set()  # allocs whose free space grew in this step
         self.touched: set[tuple[int, float, int, int, int]] = set()  # buckets enqueued to
         self.out: list[Event] = []
+        # Allocs changed in this step -> their record when it began (None: not live then).
+        # The two indexes catch up once (flush), not at every change: an exec ending and the
+        # next one starting on the same alloc often leave its free room as it was.
+        self.dirty: dict[str, AllocRecord | None] = {}
 
     def build(self) -> SchedulerState:
+        self.flush()
         return SchedulerState(
             self.config, self.now, self.tasks, self.allocs, self.gone, self.execs,
             self.requests, self.buckets, self.by_free, self.idle, self.counts, self.pending,
@@ -74,20 +80,41 @@ class Transition:
             self.counts = c.set(new.state, c[new.state] + 1)
         self.tasks = self.tasks.set(new.task_id, new)
 
-    def put_alloc(self, old: AllocRecord, new: AllocRecord | None) -> None:
-        """Replace an alloc record (None: it is gone), keeping both indexes in step."""
+    def put_alloc(self, old: AllocRecord | None, new: AllocRecord) -> None:
+        """Add or replace a live alloc's record; the indexes follow at flush()."""
+        a = new.alloc_id
+        if a not in self.dirty:
+            self.dirty[a] = old
+        self.allocs = self.allocs.set(a, new)
+
+    def drop_alloc(self, old: AllocRecord) -> None:
+        """The alloc is gone (released or dead)."""
         a = old.alloc_id
-        if new is None:
-            self.by_free = self.by_free.remove((free_size(old.free), a))
-        elif new.free != old.free:
-            self.by_free = self.by_free.replace((free_size(old.free), a),
-                                                (free_size(new.free), a))
-        if old.idle_since != (None if new is None else new.idle_since):
-            if old.idle_since is not None:
-                self.idle = self.idle.remove((old.idle_since, a))
-            if new is not None and new.idle_since is not None:
-                self.idle = self.idle.add((new.idle_since, a))
-        self.allocs = self.allocs.delete(a) if new is None else self.allocs.set(a, new)
+        if a not in self.dirty:
+            self.dirty[a] = old
+        self.allocs = self.allocs.delete(a)
+
+    def flush(self) -> None:
+        """Bring by_free and idle up to date with the allocs changed since the last flush."""
+        for a, was in self.dirty.items():
+            now = self.allocs.get(a)
+            old_free = None if was is None else (free_size(was.free), a)
+            new_free = None if now is None else (free_size(now.free), a)
+            if old_free != new_free:
+                if old_free is None:
+                    self.by_free = self.by_free.add(new_free)
+                elif new_free is None:
+                    self.by_free = self.by_free.remove(old_free)
+                else:
+                    self.by_free = self.by_free.replace(old_free, new_free)
+            old_idle = None if was is None or was.idle_since is None else (was.idle_since, a)
+            new_idle = None if now is None or now.idle_since is None else (now.idle_since, a)
+            if old_idle != new_idle:
+                if old_idle is not None:
+                    self.idle = self.idle.remove(old_idle)
+                if new_idle is not None:
+                    self.idle = self.idle.add(new_idle)
+        self.dirty = {}
 
     def put_bucket(self, key: BucketKey, old: Bucket | None, new: Bucket | None) -> None:
         """Replace a bucket (None: drop it), keeping the uncovered total in step."""
@@ -181,6 +208,7 @@ class Transition:
                     if best is None or k < best:
                         best = k
             return None if best is None else best[1]
+        self.flush()
         allocs = self.allocs
         for _, a in self.by_free.irange((weight - 1e-9, "")):
             if fits(need, allocs[a].free):
@@ -213,7 +241,7 @@ class Transition:
 
     def place(self) -> None:
         """Assign pending tasks in (priority, size, seq) order while any fits somewhere."""
-        if not self.by_free or not self.buckets:
+        if not self.allocs or not self.buckets:
             return
         seq0 = self.seq0
         buckets = self.buckets
@@ -309,10 +337,16 @@ class Transition:
         if self.config is None:
             return
         limit = self.config.max_alloc_idle
-        while self.idle:
-            since, a = self.idle.first()
+        first = self.idle.first()
+        if first is None or first[0] + limit > self.now:
+            return
+        self.flush()
+        due = []
+        for since, a in self.idle:
             if since + limit > self.now:
                 break
-            self.put_alloc(self.allocs[a], None)
+            due.append(a)
+        for a in due:
+            self.drop_alloc(self.allocs[a])
             self.gone = self.gone.set(a, "released")
             self.out.append(AllocReleased(alloc_id=a, reason="idle"))

@@ -12,6 +12,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from reflowes.engine import core
 from reflowes.engine.check import check
 from reflowes.engine.placement import SortedIndex
+from reflowes.engine.schedstate import free_size
 from reflowes.events.model import (
     AllocDied,
     AllocGranted,
@@ -202,6 +203,13 @@ class CoreMachine(RuleBasedStateMachine):
             assert not Resources(*rec.free).is_negative()
             assert Resources(*rec.free) == rec.resources - used.get(a, Resources())
             assert sorted(rec.execs) == v["allocs"][a][3]
+
+    @invariant()
+    def indexes_match_records(self) -> None:
+        allocs = self.state.allocs
+        assert list(self.state.by_free) == sorted((free_size(a.free), k) for k, a in allocs.items())
+        assert list(self.state.idle) == sorted(
+            (a.idle_since, k) for k, a in allocs.items() if a.idle_since is not None)
 
     @invariant()
     def each_task_in_one_state(self) -> None:
