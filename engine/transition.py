@@ -30,7 +30,7 @@ from reflowes.events.model import (
     TaskRequeued,
     TaskState,
 )
-from reflowes.events.resources import Resources
+from reflowes.events.resources import GiB, Resources
 
 
 class Transition:
@@ -243,25 +243,18 @@ class Transition:
         """Assign pending tasks in (priority, size, seq) order while any fits somewhere."""
         if not self.allocs or not self.buckets:
             return
+        grown = [a for a in self.grown if a in self.allocs]
+        if len(grown) == 1 and not self.touched:
+            self.fill(grown[0])  # the usual case: one exec ended, nothing was enqueued
+            return
         seq0 = self.seq0
         buckets = self.buckets
         heap = []
-        single: str | None = None  # the one alloc every candidate must fit, if so
-        if self.grown:
+        if grown:
             # Old pending tasks fit nowhere but (maybe) in the allocs that grew this step.
-            # A bucket key is (priority, cpu, mem, disk, gpu): the fit test needs no lookup.
-            grown = [a for a in self.grown if a in self.allocs]
-            if len(grown) == 1:  # the usual case: one exec ended
-                c, m, d, g = self.allocs[grown[0]].free
-                c += 1e-9
-                keys = {k for k in buckets.keys()  # noqa: SIM118 (a Map, not a dict)
-                        if k[1] <= c and k[2] <= m and k[3] <= d and k[4] <= g}
-                if not self.touched:
-                    single = grown[0]
-            else:
-                rooms = [self.allocs[a].free for a in grown]
-                keys = {k for k in buckets.keys()  # noqa: SIM118
-                        if any(fits(k[1:], r) for r in rooms)}
+            rooms = [self.allocs[a].free for a in grown]
+            keys = {k for k in buckets.keys()  # noqa: SIM118 (a Map, not a dict)
+                    if any(fits(k[1:], r) for r in rooms)}
             for k in keys.union(self.touched):
                 b = buckets.get(k)
                 if b is not None:
@@ -271,33 +264,60 @@ class Transition:
                 b = buckets.get(k)
                 if b is not None and b.items[b.head][0] >= seq0:
                     heap.append((b.priority, b.weight, b.items[b.head][0], k))
-        if not heap:
-            return
         heapq.heapify(heap)
-        room = self.allocs[single].free if single is not None else (0.0, 0, 0, 0)
         while heap:
             _, _, seq, k = heapq.heappop(heap)
-            if single is not None:  # no lookups: test the key against the shrinking room
-                if not (k[1] <= room[0] + 1e-9 and k[2] <= room[1] and k[3] <= room[2]
-                        and k[4] <= room[3]):
-                    continue
-                alloc = single
-            else:
+            b = self.buckets[k]
+            alloc = self.best_fit(b.need, b.weight, None if seq >= seq0 else self.grown)
+            if alloc is None:
+                continue  # same shape behind it fits nowhere either
+            if self.take(k, alloc):
                 b = self.buckets[k]
-                found = self.best_fit(b.need, b.weight, None if seq >= seq0 else self.grown)
-                if found is None:
-                    continue  # same shape behind it fits nowhere either
-                alloc = found
-            old = self.buckets[k]
-            _, tid = old.peek()
-            b = old.pop()
-            self.pending -= 1
-            if b.waiting:
-                self.put_bucket(k, old, b)
                 heapq.heappush(heap, (b.priority, b.weight, b.peek()[0], k))
-            else:
-                self.put_bucket(k, old, None)
-            room = self.assign(self.tasks[tid], alloc)
+
+    def fill(self, alloc_id: str) -> None:
+        """Place old pending tasks into the one alloc that grew, in (priority, size, seq) order.
+
+        They fit nowhere else (the invariant), so bucket keys (priority, cpu, mem, disk, gpu)
+        are walked in (priority, size) order against the shrinking room, with no lookups but
+        for the buckets that fit; equal (priority, size) of different shapes go by head seq.
+        """
+        c, m, d, g = self.allocs[alloc_id].free
+        c += 1e-9
+        cands = sorted(
+            (k[0], k[1] + k[2] / (8 * GiB) + k[4] * 8 + k[3] / (1 << 40), k)  # Resources.size()
+            for k in self.buckets.keys()  # noqa: SIM118 (a Map, not a dict)
+            if k[1] <= c and k[2] <= m and k[3] <= d and k[4] <= g
+        )
+        room = self.allocs[alloc_id].free
+        i, n = 0, len(cands)
+        while i < n:
+            pr, w, _ = cands[i]
+            j = i + 1
+            while j < n and cands[j][0] == pr and cands[j][1] == w:
+                j += 1
+            group = [cand[2] for cand in cands[i:j]]
+            i = j
+            while group:
+                fit = [k for k in group if fits(k[1:], room)]
+                if not fit:
+                    break
+                k = fit[0] if len(fit) == 1 else min(
+                    fit, key=lambda k: self.buckets[k].peek()[0])
+                if not self.take(k, alloc_id):
+                    group.remove(k)
+                room = self.allocs[alloc_id].free
+
+    def take(self, key: BucketKey, alloc_id: str) -> bool:
+        """Assign the head of a bucket to an alloc; True when the bucket still has tasks."""
+        old = self.buckets[key]
+        _, tid = old.peek()
+        b = old.pop()
+        self.pending -= 1
+        left = b.waiting > 0
+        self.put_bucket(key, old, b if left else None)
+        self.assign(self.tasks[tid], alloc_id)
+        return left
 
     def request(self) -> None:
         """Ask for allocs sized to the uncovered leftovers, once the drain time has passed."""
