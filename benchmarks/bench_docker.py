@@ -17,9 +17,9 @@ from pathlib import Path
 
 import docker
 from docker.types import Mount
-
-from reflowes.engine.docker import CTL, DockerExecutor
+from reflowes.engine.docker import DockerExecutor
 from reflowes.engine.dockerpool import batch_containers
+from reflowes.engine.dockerwrap import CTL
 from reflowes.engine.executor import ExecSpec
 from reflowes.engine.repository import Repository
 from reflowes.events.model import ExecExited, ExecStarted

@@ -19,7 +19,6 @@ from typing import Any
 import attrs
 import docker
 import docker.errors
-from docker.types import Mount
 from reflowes.engine.dockerpool import (
     GONE,
     LABEL_ALLOC,
@@ -31,7 +30,7 @@ from reflowes.engine.dockerpool import (
     container_name,
     ping,
 )
-from reflowes.engine.dockerwrap import CTL, WRAPPER, read_meta, tail
+from reflowes.engine.dockerwrap import WRAPPER, read_meta, stage, tail
 from reflowes.engine.dockerwrap import duration as duration_of
 from reflowes.engine.executor import ExecSpec, render
 from reflowes.engine.repository import Repository, RepositoryError
@@ -173,7 +172,7 @@ class DockerExecutor:
         if why is not None:
             return self._fail_later(spec, 125, why, {"image": image})
         try:
-            mounts, values = self._stage(spec, d)
+            mounts, values = stage(self.repo, spec, d)
         except RepositoryError as e:
             return self._fail_later(spec, 125, f"cannot stage inputs: {e}", {"image": image})
         try:
@@ -216,28 +215,6 @@ class DockerExecutor:
                     "mounts": [f"{m['Source']}:{m['Target']}:{'ro' if m['ReadOnly'] else 'rw'}"
                                for m in mounts],
                     "mem_limit": res.mem, "nano_cpus": limits.get("nano_cpus", 0)})]
-
-    def _stage(self, spec: ExecSpec, d: Path) -> tuple[list[Mount], dict[str, str]]:
-        """Fresh in/ (inputs linked in), out/, stdout, stderr, meta; the mounts and the values
-        the command's placeholders take inside the container."""
-        for sub in ("in", "out"):  # leftovers of a put that crashed before creating
-            shutil.rmtree(d / sub, ignore_errors=True)
-            (d / sub).mkdir()
-        values: dict[str, str] = dict(spec.scalars)
-        for name, ref in spec.inputs.items():
-            self.repo.materialize(ref, d / "in" / name)
-            values[name] = f"/in/{name}"
-        for name, kind in spec.outputs.items():
-            if kind == "dir":
-                (d / "out" / name).mkdir()
-            values[name] = f"/out/{name}"
-        mounts = [Mount("/out", str(d / "out"), type="bind")]
-        if spec.inputs:
-            mounts.append(Mount("/in", str(d / "in"), type="bind", read_only=True))
-        for f in ("stdout", "stderr", "meta"):
-            (d / f).write_bytes(b"")
-            mounts.append(Mount(f"{CTL}/{f}", str(d / f), type="bind"))
-        return mounts, values
 
     def _ensure_image(self, image: str) -> str | None:
         """None when the image is here (pulled if need be), else why it cannot be had."""

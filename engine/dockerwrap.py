@@ -1,12 +1,17 @@
-"""What runs inside every reflowes container: a tiny sh wrapper around the step, and the
-parsing of what it leaves behind (exit code, peak memory, OOM kills, logs). Imports no docker.
+"""The container's side of a docker exec: its files (staging and bind mounts), the tiny sh
+wrapper around the step, and the parsing of what it leaves (exit code, peak memory, OOM kills).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 from datetime import datetime
 from pathlib import Path
+
+from docker.types import Mount
+from reflowes.engine.executor import ExecSpec
+from reflowes.engine.repository import Repository
 
 CTL = "/.reflowes"  # in-container dir holding the wrapper's stdout, stderr and meta files
 
@@ -21,6 +26,29 @@ for f in $c/memory/memory.oom_control $c/memory.events; do
   if [ -r $f ]; then while read k v; do [ "$k" = oom_kill ] && echo "oom_kill $v"; done < $f; fi
 done; }} > {CTL}/meta 2>/dev/null
 exit $rc"""
+
+
+def stage(repo: Repository, spec: ExecSpec, d: Path) -> tuple[list[Mount], dict[str, str]]:
+    """Fresh `d/in/` (inputs linked in), `d/out/`, stdout, stderr, meta; the bind mounts and
+    the values the command's placeholders take inside the container (/in/x, /out/y)."""
+    for sub in ("in", "out"):  # leftovers of a put that crashed before creating
+        shutil.rmtree(d / sub, ignore_errors=True)
+        (d / sub).mkdir()
+    values: dict[str, str] = dict(spec.scalars)
+    for name, ref in spec.inputs.items():
+        repo.materialize(ref, d / "in" / name)
+        values[name] = f"/in/{name}"
+    for name, kind in spec.outputs.items():
+        if kind == "dir":
+            (d / "out" / name).mkdir()
+        values[name] = f"/out/{name}"
+    mounts = [Mount("/out", str(d / "out"), type="bind")]
+    if spec.inputs:
+        mounts.append(Mount("/in", str(d / "in"), type="bind", read_only=True))
+    for f in ("stdout", "stderr", "meta"):
+        (d / f).write_bytes(b"")
+        mounts.append(Mount(f"{CTL}/{f}", str(d / f), type="bind"))
+    return mounts, values
 
 
 def read_meta(path: Path) -> dict[str, int]:
