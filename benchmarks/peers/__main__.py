@@ -154,12 +154,14 @@ def section(
     opts += " --skip-crash" if args.skip_crash else ""
     heads = report.headlines(rows, args.engines, args.crash_n, args.fan_in)
     head_text = "".join(f"- {h}\n" for h in heads)
-    return f"""Command: `python -m benchmarks.peers` (options of this run: `{opts}`; it took
-{minutes:.0f} min). {now}; {report.machine()}. Versions: {vers}. Load average (1 min)
-{args.load_start:.1f} at the start and {os.getloadavg()[0]:.1f} at the end: other sessions share
-these 2 cores, so absolute figures are noisy (on an idle machine earlier, W(1,000) took xargs
-0.86 s, luigi 10.0 s, redun 27.8 s, snakemake 45.1 s); compare within a workload, whose rows
-ran minutes apart.
+    return f"""Command: `python -m benchmarks.peers` (this run: `{opts}`, {minutes:.0f} min).
+
+- When and where: {now}; {report.machine()}.
+- Versions: {vers}.
+- Load average (1 min): {args.load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end.
+  Other sessions share these 2 cores, so absolute figures are noisy (an earlier measurement on
+  this machine, W(1,000): xargs 0.86 s, luigi 10.0 s, redun 27.8 s, snakemake 45.1 s); compare
+  within a workload, whose rows ran minutes apart.
 
 {head_text}
 {report.table(rows)}

@@ -183,6 +183,7 @@ class Reflowes(Engine):
     """reflowes run over a CSV; cache in a per-work-dir REFLOWES_HOME so cold runs are cold."""
 
     name = "reflowes"
+    _mark = 0  # exec events in the log when the rerun started (set by snapshot)
 
     def version(self) -> str:
         import importlib.metadata as m
@@ -265,7 +266,8 @@ class Reflowes(Engine):
 
 
 def _step_key(ev: dict[str, object]) -> str:
-    """What identifies a step across attempts: its cache key if the event has one, else its id."""
+    """What identifies a step across attempts and invocations: its task id (derived from the step's
+    cache key, so the same after a restart), else the nearest id the event carries."""
     for field in ("task_id", "key", "exec_id", "id"):
         if field in ev:
             return str(ev[field])

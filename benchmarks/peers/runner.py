@@ -5,6 +5,7 @@ Each cold run gets a fresh work dir; the done run repeats the same command in th
 
 from __future__ import annotations
 
+import math
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -27,8 +28,6 @@ def estimate(points: list[tuple[int, float]], n: int) -> float | None:
     if len(points) >= 2:
         n0, t0 = points[-2]
         if t0 > 0 and n1 > n0:
-            import math
-
             exponent = max(1.0, math.log(t1 / t0) / math.log(n1 / n0))
     return t1 * (n / n1) ** exponent
 
@@ -63,7 +62,8 @@ def _verdict(engine: Engine, wd: Path, w: Workload, m: measure.Measurement) -> s
     if m.stalled:
         return f"FAILED: hung (no new step for {STALL_SECONDS:.0f} s), killed (log {m.log})"
     if m.timed_out:
-        return f"killed at the {LIMIT_SECONDS:.0f} s limit"
+        done = engine.progress(wd)
+        return f"killed at the {LIMIT_SECONDS:.0f} s limit, {done:,} of {w.steps:,} steps done"
     missing, wrong = check_outputs(wd, engine.expected(w))
     problems = []
     if m.returncode != 0:
