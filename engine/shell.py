@@ -264,8 +264,9 @@ class Shell:
         self._deferred: list[TaskAssigned] = []
         last_invocation = 0
         self.world = WorldView()
+        history = []
         for rec in self.log.read():
-            self.state, _ = core.step(self.state, rec.event, rec.at)
+            history.append(rec)
             self.evaluator.restore(rec)
             self.world.apply(rec.event)
             if isinstance(rec.event, BatchOpened):
@@ -273,14 +274,21 @@ class Shell:
         todo = [s for s in specs if self.evaluator.needs_run(s)]
         self.progress.runs_total = len(specs)
         self.progress.runs_skipped = len(specs) - len(todo)
+        opened = BatchOpened(csv=str(self.layout.csv), program=str(self.opts.program or ""),
+                             invocation=last_invocation + 1, pid=os.getpid())
+        if not todo and not self.world.open and not self.world.requests:
+            # Everything is done and nothing is in flight: the core has nothing to decide,
+            # so a resume of a finished batch does not replay the log into it.
+            self.log.append([opened], at=self._now)
+            self._report(force=True)
+            return self.progress
+        for rec in history:
+            self.state, _ = core.step(self.state, rec.event, rec.at)
+        del history
         # Runs that were mid-evaluation go first: their tasks are already in the core.
         todo.sort(key=lambda s: (self.evaluator.memo.get(s.run_id) is None, s.row))
 
-        self.flush([
-            BatchOpened(csv=str(self.layout.csv), program=str(self.opts.program or ""),
-                        invocation=last_invocation + 1, pid=os.getpid()),
-            SchedulerConfigured(max_alloc=self.pool.capacity()),
-        ])
+        self.flush([opened, SchedulerConfigured(max_alloc=self.pool.capacity())])
         recovered = self._recover()
         queue = list(reversed(todo))
         started = self._start_runs(queue)
