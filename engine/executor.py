@@ -64,8 +64,9 @@ class Executor(Protocol):
     kind: str  # "local" | "docker"
 
     def put(self, spec: ExecSpec) -> list[Event]:
-        """Create and start the exec unless one with this id exists; returns the facts
-        (ExecCreated, ExecStarted) — none when it already existed."""
+        """Create and start the exec unless one with this id exists; returns the facts known
+        now (ExecCreated, and ExecStarted when starting is synchronous — else it comes through
+        poll); none when it already existed."""
         ...
 
     def poll(self, timeout: float) -> list[Event]:
