@@ -95,7 +95,7 @@ class Evaluator:
     def __init__(self, repo: Repository, cache: Cache, results_dir: Path) -> None:
         self.repo = repo
         self.cache = cache
-        self.results_dir = results_dir
+        self.results_dir = str(results_dir)  # plain strings: pathlib costs on the hot path
         self.memo: dict[str, RunMemo] = {}
         self.key_count: dict[str, int] = {}
         self.live_tasks: set[str] = set()  # submitted and not finished, per the log
@@ -246,14 +246,14 @@ class Evaluator:
 
     def _complete(self, run: RunEval) -> list[Event]:
         result: dict[str, FileRef] = {}
-        dest = self.results_dir / run.spec.run_id
+        dest = f"{self.results_dir}/{run.spec.run_id}"
         for name, ref in run.result.items():
             if isinstance(ref, FileNode):
                 value = run.files[id(ref)]
             else:
                 value = run.values[id(ref.node)][ref.name]
             result[name] = value
-            self.repo.materialize(value, dest / name)
+            self.repo.materialize(value, f"{dest}/{name}")
         return self._finish(run, ok=True, result=result)
 
     def _finish(self, run: RunEval, *, ok: bool, error: str | None = None,
@@ -271,7 +271,7 @@ class Evaluator:
     def _clear_results(self, run_id: str) -> None:
         import shutil
 
-        shutil.rmtree(self.results_dir / run_id, ignore_errors=True)
+        shutil.rmtree(f"{self.results_dir}/{run_id}", ignore_errors=True)
 
     # ------------------------------------------------------------ tasks
 
