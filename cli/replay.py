@@ -22,7 +22,7 @@ from reflowes.cli.common import (
     print_table,
 )
 from reflowes.cli.ps import print_execs
-from reflowes.cli.status import print_runs, totals, totals_line
+from reflowes.cli.status import print_runs, retried, totals, totals_line
 from reflowes.engine.errors import UserError
 from reflowes.engine.layout import BatchLayout
 from reflowes.events import codec
@@ -170,7 +170,7 @@ def _print_projections(layout: BatchLayout, p: Projections, as_json: bool) -> No
         echo_json(p.to_dict())
         return
     click.echo(f"as of seq {p.seq}")
-    print_runs(layout, p.batch)
+    print_runs(layout, p.batch, retried(p))
     allocs = [[a.alloc_id, "dead" if a.dead else "released" if a.released else "live",
                str(a.resources), str(a.available), str(len(a.task_ids))]
               for a in p.stats.allocs.values()]

@@ -54,20 +54,47 @@ def totals_line(t: dict[str, Any]) -> str:
             f"log at seq {t['seq']}")
 
 
+def retried(p: Projections) -> dict[str, list[dict[str, Any]]]:
+    """Per run, the steps that took more than one attempt, each attempt with its end."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for task_id, per in p.stats.attempts.items():
+        if len(per) < 2:
+            continue
+        first = per[min(per)]
+        out.setdefault(first.run_id, []).append({
+            "step": first.ident, "task": task_id,
+            "attempts": [{"attempt": a.attempt, "state": a.state.value, "error": a.error,
+                          "mem": a.resources.mem, "exec": a.exec_id}
+                         for _, a in sorted(per.items())],
+        })
+    return out
+
+
+def retries_text(steps: list[dict[str, Any]]) -> str:
+    """e.g. 'hog x2 (oom)': each retried step, its attempts, and why the first one ended."""
+    parts = []
+    for s in steps:
+        why = (s["attempts"][0]["error"] or s["attempts"][0]["state"]).splitlines()[0][:30]
+        parts.append(f"{s['step']} x{len(s['attempts'])} ({why})")
+    return "; ".join(parts)
+
+
 def in_sheet_order(batch: BatchState) -> list[RunState]:
     """Runs in CSV row order (a snapshot keeps finished runs apart, so map order is not it)."""
     return sorted(batch.runs.values(), key=lambda r: (r.row, r.run_id))
 
 
-def print_runs(layout: BatchLayout, batch: BatchState) -> None:
+def print_runs(layout: BatchLayout, batch: BatchState,
+               again: dict[str, list[dict[str, Any]]]) -> None:
     """The runs table."""
     rows = []
     for run in in_sheet_order(batch):
         results = " ".join(_shown(Path(p)) for p in run_results(layout, run).values())
         error = (run.error or "").strip().splitlines()
         rows.append([run.run_id, run.phase.value, str(run.tries),
+                     retries_text(again.get(run.run_id, [])),
                      error[-1][:80] if error else "", results])
-    print_table(None, ["RUN", "PHASE", "TRIES", "ERROR", "RESULTS"], rows)
+    print_table(None, ["RUN", "PHASE", "TRIES", "RETRIED STEPS", "ERROR", "RESULTS"], rows)
 
 
 @click.command()
@@ -84,9 +111,11 @@ def status(path: Path, as_json: bool) -> None:
     with open_batch(path) as (layout, log):
         p = fold(log)
     t = totals(p)
+    again = retried(p)
     if as_json:
         echo_json({"batch": str(layout.state_dir),
-                   "runs": [run_dict(layout, r) for r in in_sheet_order(p.batch)], "totals": t})
+                   "runs": [dict(run_dict(layout, r), retried_steps=again.get(r.run_id, []))
+                            for r in in_sheet_order(p.batch)], "totals": t})
         return
-    print_runs(layout, p.batch)
+    print_runs(layout, p.batch, again)
     click.echo(totals_line(t))

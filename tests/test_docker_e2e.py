@@ -3,6 +3,7 @@ an engine restart mid-batch, and zombie containers of dead allocs removed at the
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -104,6 +105,11 @@ def test_oom_is_retried_with_more_memory(tmp_path, docker_engine):  # type: igno
     assert "OOM" in replay.stdout and "requeued as attempt 2" in replay.stdout, replay.stdout
     status = cli("status", "b.csv", cwd=tmp_path, env=env)
     assert "done" in status.stdout and "1 tasks" in status.stdout, status.stdout
+    assert "hog x2" in status.stdout, status.stdout  # the retried step and its attempts
+    js = json.loads(cli("status", "b.csv", "--json", cwd=tmp_path, env=env).stdout)
+    (step,) = js["runs"][0]["retried_steps"]
+    assert [a["mem"] for a in step["attempts"]] == [64 << 20, 96 << 20]
+    assert step["attempts"][0]["state"] == "failed" and step["attempts"][1]["state"] == "done"
 
 
 def test_sigkilled_run_reattaches_without_second_containers(tmp_path, docker_engine):  # type: ignore[no-untyped-def]
