@@ -82,16 +82,22 @@ class SortedIndex:
             maxes = maxes[:i] + (new[-1],) + maxes[i + 1:]
         return SortedIndex(chunks, maxes, self._len + 1)
 
-    def remove(self, item: Any) -> SortedIndex:
-        """A copy without `item` (KeyError if absent)."""
-        chunks, maxes = self._chunks, self._maxes
-        i = bisect_left(maxes, item)
-        if i == len(maxes):
+    def _locate(self, item: Any) -> tuple[int, int]:
+        """(chunk, position) of `item` (KeyError if absent)."""
+        i = bisect_left(self._maxes, item)
+        if i == len(self._maxes):
             raise KeyError(item)
-        chunk = chunks[i]
+        chunk = self._chunks[i]
         j = bisect_left(chunk, item)
         if j == len(chunk) or chunk[j] != item:
             raise KeyError(item)
+        return i, j
+
+    def remove(self, item: Any) -> SortedIndex:
+        """A copy without `item` (KeyError if absent)."""
+        chunks, maxes = self._chunks, self._maxes
+        i, j = self._locate(item)
+        chunk = chunks[i]
         new = chunk[:j] + chunk[j + 1:]
         if new:
             chunks = chunks[:i] + (new,) + chunks[i + 1:]
@@ -104,13 +110,8 @@ class SortedIndex:
     def replace(self, old: Any, new: Any) -> SortedIndex:
         """A copy with `old` swapped for `new`; one chunk rebuilt when both belong to it."""
         chunks, maxes = self._chunks, self._maxes
-        i = bisect_left(maxes, old)
-        if i == len(maxes):
-            raise KeyError(old)
+        i, j = self._locate(old)
         chunk = chunks[i]
-        j = bisect_left(chunk, old)
-        if j == len(chunk) or chunk[j] != old:
-            raise KeyError(old)
         last = len(chunks) - 1
         if (i > 0 and new <= maxes[i - 1]) or (i < last and new >= chunks[i + 1][0]):
             return self.remove(old).add(new)
