@@ -191,7 +191,7 @@ How it is measured:
   `script()` wraps each command in temp files and staging and was ~10× slower per step here).
   Default logging for all, captured to a file.
 - Peak RSS: the largest sum of RSS over the engine's process tree, sampled every 50 ms
-  (psutil), and at least the engine process's own ru_maxrss. A size is skipped when the
+  (psutil; not ru_maxrss, which on Linux keeps the forking harness's RSS). A size is skipped when the
   previous sizes extrapolate (at least linearly) past 10 minutes; a run with no new step
   output for 3 minutes is killed and reported as hung.
 - Nextflow: not run — it needs a JVM download and this machine has no network but PyPI/Debian.

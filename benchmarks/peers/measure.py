@@ -1,7 +1,7 @@
 """Run one engine command in its own process group: wall time, peak RSS of its tree, kill on cue.
 
 Peak RSS is the largest sum of RSS over the whole process tree, sampled every 50 ms with psutil,
-and never below the child's own ru_maxrss (which catches runs shorter than one sample).
+not ru_maxrss: a child's ru_maxrss keeps the harness's own RSS from before its exec (Linux).
 """
 
 from __future__ import annotations
@@ -89,11 +89,11 @@ def run(
         sampler = _Sampler(proc.pid)
         sampler.start()
         killed, why = False, ""
-        status, rusage = 0, None
+        status = 0
         last, last_change, next_check = -1, t0, t0
         try:
             while True:
-                pid, status, rusage = os.wait4(proc.pid, os.WNOHANG)
+                pid, status = os.waitpid(proc.pid, os.WNOHANG)
                 if pid:
                     break
                 now = time.monotonic()
@@ -123,7 +123,7 @@ def run(
             _wait_group_gone(proc.pid, time.monotonic() + 10)
         sampler.stop.set()
         sampler.join()
-    peak = max(sampler.peak, (rusage.ru_maxrss * 1024) if rusage else 0)
+    peak = sampler.peak
     return Measurement(
         wall=wall,
         peak_rss=peak,
