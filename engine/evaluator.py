@@ -8,7 +8,6 @@ cache (content-addressed, idempotent). Single-flight: one task per cache key in 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -103,7 +102,8 @@ class Evaluator:
         self.by_key: dict[str, str] = {}  # key -> task id in flight
         self.active: dict[str, RunEval] = {}
         self.pending_cache: list[tuple[str, dict[str, FileRef]]] = []
-        # Results the log holds (a crash may have come before they reached the cache index).
+        # Results the log holds (a crash, or the batched cache write, may not have put them
+        # in the cache index yet).
         self.known: dict[str, dict[str, FileRef]] = {}
         self.task_key: dict[str, str] = {}
 
@@ -299,6 +299,9 @@ class Evaluator:
             del self.by_key[work.key]
         out: list[Event] = []
         if ev.ok:
+            # Known at once to runs started later in this invocation, before the batched
+            # cache write (Shell.commit) reaches the index.
+            self.known[work.key] = ev.result
             self.pending_cache.append((work.key, ev.result))
         for run, node in work.waiters:
             if run.done:
@@ -319,7 +322,3 @@ class Evaluator:
 
     def running_runs(self) -> int:
         return len(self.active)
-
-    def abandoned(self, task_ids: Iterable[str]) -> list[str]:
-        """Task ids with no run left to use them (e.g. rows removed from the CSV)."""
-        return [t for t in task_ids if t not in self.work]

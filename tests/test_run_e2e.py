@@ -271,3 +271,14 @@ def test_long_invocation_checkpoints_projections(batch, monkeypatch):
         seq, _version, _blob = log.load_snapshot(fold.SNAPSHOT_NAME)
         assert seq == seqs[-1]
         assert fold.fold(log).to_dict() == fold.fold(log, use_snapshot=False).to_dict()
+
+
+def test_a_step_finished_earlier_in_the_same_invocation_is_not_run_again(batch):
+    """Runs one after another (--parallel 1) share a step: it runs for the first only, even
+    though the cache index is written in batches."""
+    d, env = batch
+    r = reflowes("run", "b.csv", "-p", "prog.py", "--parallel", "1", "--json", cwd=d, env=env)
+    assert r.returncode == 0, r.stderr
+    log = d / "b.reflowes/log.sqlite"
+    assert [e.ident for e in kinds(log, "task.submitted")].count("shared") == 1
+    assert [e.ident for e in kinds(log, "task.cached")].count("shared") == 2
