@@ -121,8 +121,8 @@ class Shell:
     def run(self) -> Progress:
         """Run the batch to the end (or until interrupted); returns the counters."""
         specs = plan_runs(self.opts)  # every user error surfaces here, before anything runs
-        if self.opts.reset and self.layout.state_dir.exists():
-            self._lock()
+        self._lock()
+        if self.opts.reset:
             for p in (self.layout.log, self.layout.execs, self.layout.results):
                 if p.is_dir():
                     shutil.rmtree(p)
@@ -130,8 +130,6 @@ class Shell:
                     p.unlink()
             for suffix in ("-wal", "-shm"):
                 Path(str(self.layout.log) + suffix).unlink(missing_ok=True)
-        else:
-            self._lock()
         repo_root = Path(self.opts.repo)
         self.repo = Repository(repo_root)
         self.cache = Cache(repo_root)
@@ -163,9 +161,11 @@ class Shell:
             self.state, made = core.step(self.state, ev, self._now)
             batch.append(ev)
             self.world.apply(ev)
+            self._count(ev)
             for d in made:
                 batch.append(d)
                 self.world.apply(d)
+                self._count(d)
             decisions.extend(made)
         # Every group is committed before its decisions are performed, so a crash of this
         # process never loses a decision whose effect happened. The fsync (power loss) is
@@ -175,8 +175,6 @@ class Shell:
         self.log.append(batch, at=self._now, durable=durable)
         if durable:
             self._last_durable = self._now
-        for ev in batch:
-            self._count(ev)
         if self.checkpoint is not None and self.log.last_seq() >= self._next_checkpoint:
             self.checkpoint(self.log)
             self._next_checkpoint = self.log.last_seq() + CHECKPOINT_EVERY
@@ -299,12 +297,11 @@ class Shell:
         while queue or self.evaluator.running_runs() or carried:
             facts = carried + self._start_runs(queue)
             timeout = GROUP_WINDOW if facts else 0.2
-            dl = core.deadline(self.state)
+            dl = core.deadline(self.state)  # polling does not step the core: it holds
             if dl is not None:
                 timeout = max(0.0, min(timeout, dl - time.time()))
             facts += self._poll(timeout)
             facts += self.pool.poll()
-            dl = core.deadline(self.state)
             if dl is not None and time.time() >= dl:
                 facts.append(Tick())
             carried = self.commit(facts) if facts else []
@@ -366,21 +363,20 @@ class Shell:
         self._deferred = []
         self.flush(facts)
 
-    def _stalled(self) -> bool:
-        """Nothing runs, nothing can: the loop would spin forever."""
-        busy = self.local.running() or (self.docker is not None and self.docker.running())
-        return not busy and core.deadline(self.state) is None and not self._waiting_on_pool()
+    def _execs_running(self) -> int:
+        return self.local.running() + (self.docker.running() if self.docker is not None else 0)
 
-    def _waiting_on_pool(self) -> bool:
-        return bool(self.world.requests)
+    def _stalled(self) -> bool:
+        """Nothing runs, nothing can (no exec, no timer, no alloc request): the loop would spin."""
+        return (not self._execs_running() and core.deadline(self.state) is None
+                and not self.world.requests)
 
     def _report(self, force: bool = False) -> None:
         now = time.monotonic()
         if force or now - self._last_report > 0.2:
             self._last_report = now
             self.progress.runs_running = self.evaluator.running_runs()
-            self.progress.execs_running = self.local.running() + (
-                self.docker.running() if self.docker is not None else 0)
+            self.progress.execs_running = self._execs_running()
             self.on_progress(self.progress)
 
 
