@@ -1,7 +1,7 @@
 """Persistent indexes of the scheduler core: a sorted index, per-shape FIFO buckets, bin packing.
 
 Every update returns a new value and shares the rest with the old one, so a core state is never
-copied whole. Imports only stdlib (bisect, math), attrs, immutables and reflowes.events.
+copied whole. Imports only stdlib (bisect, math), attrs and reflowes.events.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import attrs
-import immutables
 from reflowes.events.resources import Resources
 
 _LOAD = 64  # chunk length of SortedIndex: an update copies one chunk and the chunk directory
@@ -133,15 +132,24 @@ class SortedIndex:
             yield from chunks[k]
 
 
+_COMPACT = 4096  # a bucket's list drops its served prefix once that many are served (and half)
+
+
 class Bucket(NamedTuple):
     """Pending tasks of one (priority, shape), first in first out; `covered` of them are
-    expected to be served by outstanding alloc requests."""
+    expected to be served by outstanding alloc requests.
+
+    The queue is items[head:tail] of an append-only list shared between versions: push appends
+    in place when this version owns the list's end (no later version appended), else it copies
+    items[:tail] first; pop only moves head. No version ever sees another's change, so a Bucket
+    is a value, and push/pop cost O(1) instead of a persistent-map update.
+    """
 
     priority: int
     shape: Resources
     weight: float  # shape.size()
     need: tuple[float, int, int, int]  # shape as a plain tuple, for fit tests
-    items: immutables.Map[int, tuple[int, str]]  # position -> (enqueue seq, task id)
+    items: list[tuple[int, str]]  # (enqueue seq, task id); this version's are [head:tail]
     head: int = 0
     tail: int = 0
     covered: int = 0
@@ -158,19 +166,25 @@ class Bucket(NamedTuple):
         return self.items[self.head]
 
     def push(self, seq: int, task_id: str) -> Bucket:
-        return Bucket(self.priority, self.shape, self.weight, self.need,
-                      self.items.set(self.tail, (seq, task_id)), self.head, self.tail + 1,
-                      self.covered)
+        items, tail = self.items, self.tail
+        if len(items) != tail:
+            items = items[:tail]  # a later version appended to the shared list: fork it
+        items.append((seq, task_id))
+        return Bucket(self.priority, self.shape, self.weight, self.need, items, self.head,
+                      tail + 1, self.covered)
 
     def pop(self) -> Bucket:
-        return Bucket(self.priority, self.shape, self.weight, self.need,
-                      self.items.delete(self.head), self.head + 1, self.tail, self.covered)
+        head, tail, items = self.head + 1, self.tail, self.items
+        if head >= _COMPACT and 2 * head >= tail:
+            items, head, tail = items[head:tail], 0, tail - head
+        return Bucket(self.priority, self.shape, self.weight, self.need, items, head, tail,
+                      self.covered)
 
     def cover(self, n: int) -> Bucket:
         return self._replace(covered=max(0, self.covered + n))
 
     def task_ids(self) -> list[str]:
-        return [self.items[i][1] for i in range(self.head, self.tail)]
+        return [tid for _, tid in self.items[self.head:self.tail]]
 
 
 def bucket_key(priority: int, r: Resources) -> BucketKey:
@@ -179,7 +193,7 @@ def bucket_key(priority: int, r: Resources) -> BucketKey:
 
 def new_bucket(priority: int, shape: Resources) -> Bucket:
     return Bucket(priority, shape, shape.size(), (shape.cpu, shape.mem, shape.disk, shape.gpu),
-                  immutables.Map())
+                  [])
 
 
 def fit_count(shape: Need, room: Need, limit: int) -> int:

@@ -108,7 +108,13 @@ class RequestRecord(NamedTuple):
 
 _EMPTY: immutables.Map[Any, Any] = immutables.Map()
 _NO_ITEMS = SortedIndex()
-_ZERO_COUNTS: immutables.Map[TaskState, int] = immutables.Map({s: 0 for s in TaskState})
+STATES: tuple[TaskState, ...] = tuple(TaskState)
+STATE_INDEX: dict[TaskState, int] = {s: i for i, s in enumerate(STATES)}
+_ZERO_COUNTS: tuple[int, ...] = (0,) * len(STATES)
+
+# Bucket keys in placement order: groups of equal (priority, size), in (priority, size) order,
+# and the least of each resource over all keys (a room below it fits no pending task).
+BucketOrder = tuple[tuple[tuple[BucketKey, ...], ...], Free]
 
 
 class SchedulerState(NamedTuple):
@@ -124,12 +130,13 @@ class SchedulerState(NamedTuple):
     buckets: immutables.Map[BucketKey, Bucket] = _EMPTY
     by_free: SortedIndex = _NO_ITEMS  # (free size, alloc id) of live allocs
     idle: SortedIndex = _NO_ITEMS  # (idle since, alloc id) of live allocs with no exec
-    counts: immutables.Map[TaskState, int] = _ZERO_COUNTS
+    counts: tuple[int, ...] = _ZERO_COUNTS  # tasks per TaskState, in STATES order
     pending: int = 0
     next_seq: int = 0
     next_request: int = 1
     last_submit_at: float | None = None
     uncovered: int = 0  # pending tasks no outstanding request is for (sum over buckets)
+    order: BucketOrder | None = None  # derived from `buckets`, built when placement needs it
 
 
 # ------------------------------------------------------------------ accessors for the shell
@@ -152,7 +159,7 @@ def task(state: SchedulerState, task_id: str) -> TaskRecord | None:
 
 def task_counts(state: SchedulerState) -> dict[TaskState, int]:
     """Number of tasks in each TaskState (the state of their current attempt)."""
-    return dict(state.counts)
+    return dict(zip(STATES, state.counts, strict=True))
 
 
 def outstanding_requests(state: SchedulerState) -> Mapping[str, RequestRecord]:
@@ -207,7 +214,7 @@ def view(state: SchedulerState) -> dict[str, Any]:
         ],
         "by_free": list(state.by_free),
         "idle": list(state.idle),
-        "counts": {str(s): n for s, n in sorted(state.counts.items())},
+        "counts": {str(s): n for s, n in sorted(zip(STATES, state.counts, strict=True))},
         "pending_total": state.pending,
         "next_seq": state.next_seq,
         "next_request": state.next_request,

@@ -11,8 +11,10 @@ import heapq
 
 from reflowes.engine.placement import Bucket, BucketKey, bucket_key, new_bucket, pack
 from reflowes.engine.schedstate import (
+    STATE_INDEX,
     AllocRecord,
     AttemptRecord,
+    BucketOrder,
     ExecSlot,
     Free,
     RequestRecord,
@@ -39,8 +41,8 @@ class Transition:
     __slots__ = (
         "allocs", "buckets", "by_free", "config", "counts", "dirty", "execs", "gone", "grown",
         "idle",
-        "last_submit_at", "next_request", "next_seq", "now", "out", "pending", "requests", "s",
-        "seq0", "tasks", "touched", "uncovered",
+        "last_submit_at", "next_request", "next_seq", "now", "order", "out", "pending",
+        "requests", "s", "seq0", "tasks", "touched", "uncovered",
     )
 
     def __init__(self, s: SchedulerState, at: float) -> None:
@@ -53,6 +55,7 @@ class Transition:
         self.pending, self.next_seq, self.next_request = s.pending, s.next_seq, s.next_request
         self.last_submit_at = s.last_submit_at
         self.uncovered = s.uncovered
+        self.order = s.order
         self.seq0 = s.next_seq  # tasks enqueued at or after this are new in this step
         self.grown: set[str] = set()  # allocs whose free space grew in this step
         self.touched: set[tuple[int, float, int, int, int]] = set()  # buckets enqueued to
@@ -67,17 +70,18 @@ class Transition:
         return SchedulerState(
             self.config, self.now, self.tasks, self.allocs, self.gone, self.execs,
             self.requests, self.buckets, self.by_free, self.idle, self.counts, self.pending,
-            self.next_seq, self.next_request, self.last_submit_at, self.uncovered,
+            self.next_seq, self.next_request, self.last_submit_at, self.uncovered, self.order,
         )
 
     # -------------------------------------------------------------- records
 
     def put_task(self, old: TaskRecord | None, new: TaskRecord) -> None:
         if old is None or old.state != new.state:
-            c = self.counts
+            c = list(self.counts)
             if old is not None:
-                c = c.set(old.state, c[old.state] - 1)
-            self.counts = c.set(new.state, c[new.state] + 1)
+                c[STATE_INDEX[old.state]] -= 1
+            c[STATE_INDEX[new.state]] += 1
+            self.counts = tuple(c)
         self.tasks = self.tasks.set(new.task_id, new)
 
     def put_alloc(self, old: AllocRecord | None, new: AllocRecord) -> None:
@@ -119,7 +123,35 @@ class Transition:
     def put_bucket(self, key: BucketKey, old: Bucket | None, new: Bucket | None) -> None:
         """Replace a bucket (None: drop it), keeping the uncovered total in step."""
         self.uncovered += (new.uncovered if new else 0) - (old.uncovered if old else 0)
-        self.buckets = self.buckets.delete(key) if new is None else self.buckets.set(key, new)
+        if new is None:
+            self.buckets = self.buckets.delete(key)
+            self.order = None
+        else:
+            if old is None:
+                self.order = None
+            self.buckets = self.buckets.set(key, new)
+
+    def bucket_order(self) -> BucketOrder:
+        """The bucket keys grouped by equal (priority, size), in that order (cached in state)."""
+        if self.order is None:
+            ks = sorted(  # size as Resources.size(): cpu + mem/8GiB + gpu*8 + disk/1TiB
+                (k[0], k[1] + k[2] / (8 * GiB) + k[4] * 8 + k[3] / (1 << 40), k)
+                for k in self.buckets.keys()  # noqa: SIM118 (a Map, not a dict)
+            )
+            groups: list[tuple[BucketKey, ...]] = []
+            last = None
+            for pr, w, k in ks:
+                if (pr, w) == last:
+                    groups[-1] += (k,)
+                else:
+                    groups.append((k,))
+                    last = (pr, w)
+            low = (min((k[1] for _, _, k in ks), default=0.0),
+                   min((k[2] for _, _, k in ks), default=0),
+                   min((k[3] for _, _, k in ks), default=0),
+                   min((k[4] for _, _, k in ks), default=0))
+            self.order = (tuple(groups), low)
+        return self.order
 
     def enqueue(self, t: TaskRecord) -> None:
         key = bucket_key(t.priority, t.resources)
@@ -271,7 +303,7 @@ class Transition:
             alloc = self.best_fit(b.need, b.weight, None if seq >= seq0 else self.grown)
             if alloc is None:
                 continue  # same shape behind it fits nowhere either
-            if self.take(k, alloc):
+            if self.take(k, alloc)[0]:
                 b = self.buckets[k]
                 heapq.heappush(heap, (b.priority, b.weight, b.peek()[0], k))
 
@@ -279,45 +311,43 @@ class Transition:
         """Place old pending tasks into the one alloc that grew, in (priority, size, seq) order.
 
         They fit nowhere else (the invariant), so bucket keys (priority, cpu, mem, disk, gpu)
-        are walked in (priority, size) order against the shrinking room, with no lookups but
-        for the buckets that fit; equal (priority, size) of different shapes go by head seq.
+        are walked in the cached (priority, size) order against the shrinking room, stopping
+        once the room is below the least of every key; equal (priority, size) of different
+        shapes go by head seq.
         """
+        groups, (lc, lm, ld, lg) = self.bucket_order()
         c, m, d, g = self.allocs[alloc_id].free
-        c += 1e-9
-        cands = sorted(
-            (k[0], k[1] + k[2] / (8 * GiB) + k[4] * 8 + k[3] / (1 << 40), k)  # Resources.size()
-            for k in self.buckets.keys()  # noqa: SIM118 (a Map, not a dict)
-            if k[1] <= c and k[2] <= m and k[3] <= d and k[4] <= g
-        )
-        room = self.allocs[alloc_id].free
-        i, n = 0, len(cands)
-        while i < n:
-            pr, w, _ = cands[i]
-            j = i + 1
-            while j < n and cands[j][0] == pr and cands[j][1] == w:
-                j += 1
-            group = [cand[2] for cand in cands[i:j]]
-            i = j
-            while group:
-                fit = [k for k in group if fits(k[1:], room)]
-                if not fit:
-                    break
-                k = fit[0] if len(fit) == 1 else min(
-                    fit, key=lambda k: self.buckets[k].peek()[0])
-                if not self.take(k, alloc_id):
-                    group.remove(k)
-                room = self.allocs[alloc_id].free
+        if c + 1e-9 < lc or m < lm or d < ld or g < lg:
+            return
+        for group in groups:
+            if len(group) == 1:
+                k = group[0]
+                while k[1] <= c + 1e-9 and k[2] <= m and k[3] <= d and k[4] <= g:
+                    left, (c, m, d, g) = self.take(k, alloc_id)
+                    if not left:
+                        break
+            else:
+                fit = [k for k in group
+                       if k[1] <= c + 1e-9 and k[2] <= m and k[3] <= d and k[4] <= g]
+                while fit:
+                    buckets = self.buckets
+                    k = fit[0] if len(fit) == 1 else min(fit, key=lambda k: buckets[k].peek()[0])
+                    left, (c, m, d, g) = self.take(k, alloc_id)
+                    fit = [f for f in fit if (left or f != k)
+                           and f[1] <= c + 1e-9 and f[2] <= m and f[3] <= d and f[4] <= g]
+            if c + 1e-9 < lc or m < lm or d < ld or g < lg:
+                return
 
-    def take(self, key: BucketKey, alloc_id: str) -> bool:
-        """Assign the head of a bucket to an alloc; True when the bucket still has tasks."""
+    def take(self, key: BucketKey, alloc_id: str) -> tuple[bool, Free]:
+        """Assign the head of a bucket to an alloc: whether the bucket still has tasks, and
+        the alloc's free room after it."""
         old = self.buckets[key]
         _, tid = old.peek()
         b = old.pop()
         self.pending -= 1
         left = b.waiting > 0
         self.put_bucket(key, old, b if left else None)
-        self.assign(self.tasks[tid], alloc_id)
-        return left
+        return left, self.assign(self.tasks[tid], alloc_id)
 
     def request(self) -> None:
         """Ask for allocs sized to the uncovered leftovers, once the drain time has passed."""
