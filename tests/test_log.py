@@ -100,6 +100,27 @@ def test_schema_and_pragmas(log_path: Path) -> None:
     db.close()
 
 
+
+def test_schema_is_what_sqlite_utils_would_have_made(log_path: Path, tmp_path: Path) -> None:
+    """Logs are created with plain sqlite3 now; the tables must be those of older logs."""
+    ref = sqlite_utils.Database(tmp_path / "ref.sqlite")
+    ref["events"].create(  # type: ignore[union-attr]
+        {"seq": int, "at": float, "kind": str, "stream": str, "v": int, "body": str},
+        pk="seq", not_null={"at", "kind", "stream", "v", "body"})
+    ref["snapshots"].create(  # type: ignore[union-attr]
+        {"name": str, "seq": int, "version": int, "at": float, "blob": bytes},
+        pk="name", not_null={"seq", "version", "blob"})
+    ref["meta"].create({"key": str, "value": str}, pk="key")  # type: ignore[union-attr]
+    tables = "SELECT name, sql FROM sqlite_master WHERE type = 'table' ORDER BY name"
+    want = ref.execute(tables).fetchall()
+    ref.close()
+    conn = sqlite3.connect(log_path)
+    assert conn.execute(tables).fetchall() == want
+    assert conn.execute("PRAGMA application_id").fetchone()[0] == 0x52464C57
+    triggers = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='trigger'")}
+    assert triggers == {"events_no_update", "events_no_delete"}
+    conn.close()
+
 def _assert_error(exc: BaseException, path: Path, cls: type) -> None:
     assert isinstance(exc, cls) and isinstance(exc, ReflowesError)
     assert str(path) in str(exc)
