@@ -101,6 +101,7 @@ DECISION_KINDS: frozenset[str] = frozenset(
      AllocReleased.kind}
 )
 TEMPORARY_EXIT = 75
+_new = tuple.__new__
 
 
 class CoreError(ReflowesError, ValueError):
@@ -202,16 +203,10 @@ def _started(tx: Transition, ev: ExecStarted) -> None:
     t = tx.tasks[ev.task_id]
     if t.state == TaskState.RUNNING:
         return  # re-attached after a restart: already known to run
-    last = t.attempts[-1]
-    attempts = t.attempts[:-1] + (
-        AttemptRecord(last.attempt, last.resources, TaskState.RUNNING, last.alloc_id,
-                      last.exec_id),
-    )
-    tx.put_task(t, TaskRecord(
-        t.task_id, t.run_id, t.key, t.ident, t.priority, t.declared, t.resources,
-        TaskState.RUNNING, t.attempt, attempts, t.submitted_at, t.lost, t.ooms, t.temps,
-        t.alloc_id, t.exec_id,
-    ))
+    attempts = t[9]  # records rebuilt from slices: see schedstate for the field order
+    attempts = attempts[:-1] + (_new(AttemptRecord, attempts[-1][:2] + (TaskState.RUNNING,)
+                                     + attempts[-1][3:]),)
+    tx.put_task(t, _new(TaskRecord, t[:7] + (TaskState.RUNNING, t[8], attempts) + t[10:]))
 
 
 def _exited(tx: Transition, ev: ExecExited) -> None:

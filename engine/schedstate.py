@@ -34,6 +34,8 @@ def fits(need: Free, room: Free) -> bool:
 
 # Records are immutable NamedTuples rather than frozen attrs classes: the core builds several
 # per event, and a 19-field frozen attrs instance costs ~3x a NamedTuple (benchmarks/README.md).
+# The hot paths (transition.py, core.py) rebuild them with tuple.__new__ from slices of the old
+# record, so their field order is part of the code: tests/test_core_scenarios.py pins it.
 
 
 class ExecSlot(NamedTuple):
@@ -57,7 +59,7 @@ class AttemptRecord(NamedTuple):
     exit_code: int | None = None
 
 
-_NO_RESULT: Mapping[str, FileRef] = immutables.Map()
+NO_RESULT: Mapping[str, FileRef] = immutables.Map()
 
 
 class TaskRecord(NamedTuple):
@@ -81,7 +83,7 @@ class TaskRecord(NamedTuple):
     exec_id: str | None = None
     error: str | None = None
     exit_code: int | None = None
-    result: Mapping[str, FileRef] = _NO_RESULT
+    result: Mapping[str, FileRef] = NO_RESULT
 
 
 class AllocRecord(NamedTuple):

@@ -11,6 +11,7 @@ import heapq
 
 from reflowes.engine.placement import Bucket, BucketKey, bucket_key, new_bucket, pack
 from reflowes.engine.schedstate import (
+    NO_RESULT,
     STATE_INDEX,
     AllocRecord,
     AttemptRecord,
@@ -33,6 +34,11 @@ from reflowes.events.model import (
     TaskState,
 )
 from reflowes.events.resources import GiB, Resources
+
+# Records are rebuilt with tuple.__new__ from slices of the old one: no Python-level __new__
+# frame and no attribute load per unchanged field (see schedstate for the field order).
+_new = tuple.__new__
+_ASSIGNED, _RUNNING, _PENDING = TaskState.ASSIGNED, TaskState.RUNNING, TaskState.PENDING
 
 
 class Transition:
@@ -67,11 +73,11 @@ class Transition:
 
     def build(self) -> SchedulerState:
         self.flush()
-        return SchedulerState(
+        return _new(SchedulerState, (
             self.config, self.now, self.tasks, self.allocs, self.gone, self.execs,
             self.requests, self.buckets, self.by_free, self.idle, self.counts, self.pending,
             self.next_seq, self.next_request, self.last_submit_at, self.uncovered, self.order,
-        )
+        ))
 
     # -------------------------------------------------------------- records
 
@@ -166,24 +172,20 @@ class Transition:
 
     def end_attempt(self, t: TaskRecord, state: TaskState, reason: str | None,
                     exit_code: int | None = None) -> tuple[AttemptRecord, ...]:
-        last = t.attempts[-1]
-        done = AttemptRecord(last.attempt, last.resources, state, last.alloc_id, last.exec_id,
-                             reason, exit_code)
-        return t.attempts[:-1] + (done,)
+        attempts = t[9]
+        return attempts[:-1] + (_new(AttemptRecord, attempts[-1][:2] + (state,) + attempts[-1][3:5]
+                                     + (reason, exit_code)),)
 
     def finish(self, t: TaskRecord, ok: bool, *, error: str | None = None,
                exit_code: int | None = None, result: dict | None = None,  # type: ignore[type-arg]
                lost: bool = False) -> None:
         state = TaskState.DONE if ok else TaskState.FAILED
         attempts = self.end_attempt(t, TaskState.LOST if lost else state, error, exit_code)
-        new = TaskRecord(
-            t.task_id, t.run_id, t.key, t.ident, t.priority, t.declared, t.resources, state,
-            t.attempt, attempts, t.submitted_at, t.lost + lost, t.ooms, t.temps, None, None, error,
-            exit_code, result or {},
-        )
-        self.put_task(t, new)
-        self.out.append(TaskFinished(task_id=t.task_id, attempt=t.attempt, ok=ok,
-                                     result=result or {}, error=error, exit_code=exit_code))
+        res = result or {}
+        self.put_task(t, _new(TaskRecord, t[:7] + (state, t[8], attempts, t[10], t[11] + lost)
+                              + t[12:14] + (None, None, error, exit_code, res)))
+        self.out.append(TaskFinished(task_id=t[0], attempt=t[8], ok=ok, result=res,
+                                     error=error, exit_code=exit_code))
 
     def requeue(self, t: TaskRecord, resources: Resources, reason: str, ended: TaskState,
                 exit_code: int | None = None, *, lost: int = 0, ooms: int = 0,
@@ -206,13 +208,13 @@ class Transition:
         slot = self.execs[exec_id]
         self.execs = self.execs.delete(exec_id)
         if free_alloc:
-            a = self.allocs[slot.alloc_id]
-            execs = a.execs - {exec_id}
-            f, r = a.free, slot.resources
+            a = self.allocs[slot[1]]
+            execs = a[4] - {exec_id}
+            f, r = a[3], slot[3]
             free = (round(f[0] + r.cpu, 6), f[1] + r.mem, f[2] + r.disk, f[3] + r.gpu)
-            self.put_alloc(a, AllocRecord(a.alloc_id, a.request_id, a.resources, free, execs,
-                                          a.granted_at, None if execs else self.now))
-            self.grown.add(a.alloc_id)
+            self.put_alloc(a, _new(AllocRecord, a[:3] + (free, execs, a[5],
+                                                         None if execs else self.now)))
+            self.grown.add(a[0])
         return self.tasks[slot.task_id]
 
     def lose(self, exec_id: str, reason: str, free_alloc: bool) -> None:
@@ -250,25 +252,21 @@ class Transition:
     def assign(self, t: TaskRecord, alloc_id: str) -> Free:
         """Decide that `t` runs on the alloc; returns the alloc's free room after it."""
         a = self.allocs[alloc_id]
-        exec_id = f"{t.task_id}.{t.attempt}"
-        f, r = a.free, t.resources
+        task_id, r, attempt = t[0], t[6], t[8]
+        exec_id = f"{task_id}.{attempt}"
+        f = a[3]
         free = (round(f[0] - r.cpu, 6), f[1] - r.mem, f[2] - r.disk, f[3] - r.gpu)
         if free[0] < -1e-9 or free[1] < 0 or free[2] < 0 or free[3] < 0:
             raise AssertionError(f"over-commit of {alloc_id}")  # a bug, never a bad fact
-        self.put_alloc(a, AllocRecord(a.alloc_id, a.request_id, a.resources, free,
-                                      a.execs | {exec_id}, a.granted_at, None))
-        last = t.attempts[-1]
-        attempts = t.attempts[:-1] + (
-            AttemptRecord(last.attempt, last.resources, TaskState.ASSIGNED, alloc_id, exec_id),
-        )
-        self.put_task(t, TaskRecord(
-            t.task_id, t.run_id, t.key, t.ident, t.priority, t.declared, t.resources,
-            TaskState.ASSIGNED, t.attempt, attempts, t.submitted_at, t.lost, t.ooms, t.temps,
-            alloc_id, exec_id,
-        ))
-        self.execs = self.execs.set(exec_id, ExecSlot(t.task_id, alloc_id, t.attempt, t.resources))
-        self.out.append(TaskAssigned(task_id=t.task_id, alloc_id=alloc_id, attempt=t.attempt,
-                                     exec_id=exec_id, resources=t.resources))
+        self.put_alloc(a, _new(AllocRecord, a[:3] + (free, a[4] | {exec_id}, a[5], None)))
+        attempts = t[9]
+        attempts = attempts[:-1] + (_new(AttemptRecord, attempts[-1][:2] + (
+            _ASSIGNED, alloc_id, exec_id, None, None)),)
+        self.put_task(t, _new(TaskRecord, t[:7] + (_ASSIGNED, attempt, attempts) + t[10:14]
+                              + (alloc_id, exec_id, None, None, NO_RESULT)))
+        self.execs = self.execs.set(exec_id, _new(ExecSlot, (task_id, alloc_id, attempt, r)))
+        self.out.append(TaskAssigned(task_id=task_id, alloc_id=alloc_id, attempt=attempt,
+                                     exec_id=exec_id, resources=r))
         return free
 
     def place(self) -> None:

@@ -371,3 +371,31 @@ def test_decisions_do_not_depend_on_string_hashing() -> None:
     assert len(outs) == 1
     n = int(outs.pop().split()[0])
     assert n > 600  # assignments, finishes, requeues, requests were all made
+
+
+def test_record_field_order_is_pinned() -> None:
+    """The core rebuilds records from slices by position: a reordered field must fail here."""
+    from reflowes.engine.placement import Bucket
+    from reflowes.engine.schedstate import (
+        AllocRecord,
+        AttemptRecord,
+        ExecSlot,
+        SchedulerState,
+        TaskRecord,
+    )
+
+    assert TaskRecord._fields == (
+        "task_id", "run_id", "key", "ident", "priority", "declared", "resources", "state",
+        "attempt", "attempts", "submitted_at", "lost", "ooms", "temps", "alloc_id", "exec_id",
+        "error", "exit_code", "result")
+    assert AttemptRecord._fields == (
+        "attempt", "resources", "state", "alloc_id", "exec_id", "reason", "exit_code")
+    assert AllocRecord._fields == (
+        "alloc_id", "request_id", "resources", "free", "execs", "granted_at", "idle_since")
+    assert ExecSlot._fields == ("task_id", "alloc_id", "attempt", "resources")
+    assert Bucket._fields == (
+        "priority", "shape", "weight", "need", "items", "head", "tail", "covered")
+    assert SchedulerState._fields == (
+        "config", "now", "tasks", "allocs", "gone", "execs", "requests", "buckets", "by_free",
+        "idle", "counts", "pending", "next_seq", "next_request", "last_submit_at", "uncovered",
+        "order")
