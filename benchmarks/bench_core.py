@@ -6,7 +6,7 @@ failures), kills an alloc now and then, and ticks at the core's deadline. The fa
 then stepped through the core again with nothing else in the loop (the core is deterministic:
 same steps), timed by process CPU time (other processes on a loaded machine do not count) and
 by wall time; a third pass under tracemalloc measures the state's memory. Each size runs in its
-own process. Usage: python -m benchmarks.bench_core [--sizes 1000,10000,100000]
+own process. Usage: python -m benchmarks.bench_core [--sizes 1000,10000,100000] [--default-gc]
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import sys
 import time
 import tracemalloc
 
-from reflowes.engine import core
+from reflowes.engine import core, gcpolicy
 from reflowes.events.model import (
     AllocDied,
     AllocGranted,
@@ -113,8 +113,14 @@ def simulate(n_tasks: int, seed: int = 1) -> tuple[list[tuple[Event, float]], di
                  "allocs": granted}
 
 
-def measure(n_tasks: int) -> dict[str, float]:
-    """Simulate, then time the same steps alone (CPU and wall), then their memory."""
+def measure(n_tasks: int, default_gc: bool = False) -> dict[str, float]:
+    """Simulate, then time the same steps alone (CPU and wall), then their memory.
+
+    The collector runs under the engine's policy (engine/gcpolicy.py, what `reflowes` sets),
+    or CPython's default thresholds with default_gc.
+    """
+    if not default_gc:
+        gcpolicy.tune()
     fed, out = simulate(n_tasks)
     gc.collect()
     # The floor is timed in short bursts between chunks of the timed pass, so it sees the same
@@ -165,15 +171,18 @@ def reference_rate(n: int = 200_000, repeat: int = 5) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="1000,10000,100000")
+    ap.add_argument("--default-gc", action="store_true",
+                    help="CPython's default collector thresholds instead of the engine's policy")
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
-        print(json.dumps(measure(args.one)))
+        print(json.dumps(measure(args.one, args.default_gc)))
         return
     floor_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     rows = []
     for n in (int(x) for x in args.sizes.split(",")):
-        out = subprocess.run([sys.executable, "-m", "benchmarks.bench_core", "--one", str(n)],
+        out = subprocess.run([sys.executable, "-m", "benchmarks.bench_core", "--one", str(n)]
+                             + ["--default-gc"] * args.default_gc,
                              capture_output=True, text=True, check=True)
         rows.append(json.loads(out.stdout))
     def units(r: dict[str, float]) -> float:  # CPU cost of an event in floor operations
@@ -182,7 +191,9 @@ def main() -> None:
     base = units(rows[0])
     print(f"floor: interpreter + imports peak RSS {floor_rss:.0f} MiB; load average "
           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cpus; 'ops' = plain dict stores, timed "
-          "in bursts between chunks of the timed steps (median)")
+          "in bursts between chunks of the timed steps (median); collector: "
+          + ("CPython's default thresholds" if args.default_gc else
+             "the engine's policy (engine/gcpolicy.py)"))
     print(f"{'tasks':>7} {'allocs':>6} {'events':>7} {'decided':>7} {'done':>6} {'failed':>6} "
           f"{'ev/CPU-s':>8} {'ev/wall-s':>9} {'us/ev':>6} {'Mops/s':>6} {'ops/ev':>6} "
           f"{'ratio':>5} {'CPU ratio':>9} {'state':>9} {'maxRSS':>8}")

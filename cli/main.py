@@ -9,6 +9,7 @@ from reflowes.cli.ps import ps
 from reflowes.cli.replay import replay
 from reflowes.cli.run import run
 from reflowes.cli.status import status
+from reflowes.engine import gcpolicy
 
 
 @click.group(cls=ReflowesGroup)
@@ -18,6 +19,7 @@ def cli() -> None:
 
     Example: reflowes run samples.csv --program count.py
     """
+    gcpolicy.tune()
 
 
 cli.add_command(run)

@@ -114,9 +114,11 @@ STATES: tuple[TaskState, ...] = tuple(TaskState)
 STATE_INDEX: dict[TaskState, int] = {s: i for i, s in enumerate(STATES)}
 _ZERO_COUNTS: tuple[int, ...] = (0,) * len(STATES)
 
-# Bucket keys in placement order: groups of equal (priority, size), in (priority, size) order,
-# and the least of each resource over all keys (a room below it fits no pending task).
-BucketOrder = tuple[tuple[tuple[BucketKey, ...], ...], Free]
+# Bucket keys in placement order: groups of equal (priority, size), in (priority, size) order;
+# per group, the least of each resource over it and every later group (a room below it fits no
+# key from there on); and the keys listed. Derived from `buckets`: it may still list keys of
+# buckets emptied since it was built, never lacks a live one.
+BucketOrder = tuple[tuple[tuple[BucketKey, ...], ...], tuple[Free, ...], frozenset[BucketKey]]
 
 
 class SchedulerState(NamedTuple):

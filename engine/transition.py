@@ -130,15 +130,16 @@ class Transition:
         """Replace a bucket (None: drop it), keeping the uncovered total in step."""
         self.uncovered += (new.uncovered if new else 0) - (old.uncovered if old else 0)
         if new is None:
-            self.buckets = self.buckets.delete(key)
-            self.order = None
+            self.buckets = self.buckets.delete(key)  # the order may keep it: fill skips it
         else:
-            if old is None:
+            if old is None and self.order is not None and key not in self.order[2]:
                 self.order = None
             self.buckets = self.buckets.set(key, new)
 
     def bucket_order(self) -> BucketOrder:
-        """The bucket keys grouped by equal (priority, size), in that order (cached in state)."""
+        """Bucket keys grouped by equal (priority, size), in that order, with the least of each
+        resource over the groups from each one on; cached in the state, rebuilt only when a
+        key it lacks appears (keys of emptied buckets stay listed until then)."""
         if self.order is None:
             ks = sorted(  # size as Resources.size(): cpu + mem/8GiB + gpu*8 + disk/1TiB
                 (k[0], k[1] + k[2] / (8 * GiB) + k[4] * 8 + k[3] / (1 << 40), k)
@@ -152,11 +153,14 @@ class Transition:
                 else:
                     groups.append((k,))
                     last = (pr, w)
-            low = (min((k[1] for _, _, k in ks), default=0.0),
-                   min((k[2] for _, _, k in ks), default=0),
-                   min((k[3] for _, _, k in ks), default=0),
-                   min((k[4] for _, _, k in ks), default=0))
-            self.order = (tuple(groups), low)
+            lows: list[Free] = []
+            c, m, d, g = float("inf"), float("inf"), float("inf"), float("inf")
+            for group in reversed(groups):
+                for k in group:
+                    c, m, d, g = min(c, k[1]), min(m, k[2]), min(d, k[3]), min(g, k[4])
+                lows.append((c, m, d, g))  # type: ignore[arg-type]
+            lows.reverse()
+            self.order = (tuple(groups), tuple(lows), frozenset(k for _, _, k in ks))
         return self.order
 
     def enqueue(self, t: TaskRecord) -> None:
@@ -310,31 +314,32 @@ class Transition:
 
         They fit nowhere else (the invariant), so bucket keys (priority, cpu, mem, disk, gpu)
         are walked in the cached (priority, size) order against the shrinking room, stopping
-        once the room is below the least of every key; equal (priority, size) of different
-        shapes go by head seq.
+        as soon as the room is below the least of every key left; equal (priority, size) of
+        different shapes go by head seq.
         """
-        groups, (lc, lm, ld, lg) = self.bucket_order()
+        groups, lows, _ = self.bucket_order()
         c, m, d, g = self.allocs[alloc_id].free
-        if c + 1e-9 < lc or m < lm or d < ld or g < lg:
-            return
-        for group in groups:
+        for group, (lc, lm, ld, lg) in zip(groups, lows):  # same length
+            if c + 1e-9 < lc or m < lm or d < ld or g < lg:
+                return
             if len(group) == 1:
                 k = group[0]
+                if k not in self.buckets:
+                    continue  # emptied since the order was built
                 while k[1] <= c + 1e-9 and k[2] <= m and k[3] <= d and k[4] <= g:
                     left, (c, m, d, g) = self.take(k, alloc_id)
                     if not left:
                         break
             else:
-                fit = [k for k in group
-                       if k[1] <= c + 1e-9 and k[2] <= m and k[3] <= d and k[4] <= g]
+                buckets = self.buckets
+                fit = [k for k in group if k in buckets
+                       and k[1] <= c + 1e-9 and k[2] <= m and k[3] <= d and k[4] <= g]
                 while fit:
                     buckets = self.buckets
                     k = fit[0] if len(fit) == 1 else min(fit, key=lambda k: buckets[k].peek()[0])
                     left, (c, m, d, g) = self.take(k, alloc_id)
                     fit = [f for f in fit if (left or f != k)
                            and f[1] <= c + 1e-9 and f[2] <= m and f[3] <= d and f[4] <= g]
-            if c + 1e-9 < lc or m < lm or d < ld or g < lg:
-                return
 
     def take(self, key: BucketKey, alloc_id: str) -> tuple[bool, Free]:
         """Assign the head of a bucket to an alloc: whether the bucket still has tasks, and
