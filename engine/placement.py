@@ -63,62 +63,23 @@ class SortedIndex:
 
     def add(self, item: Any) -> SortedIndex:
         """A copy with `item` inserted (it must not be present)."""
-        chunks, maxes = self._chunks, self._maxes
-        if not chunks:
-            return SortedIndex(((item,),), (item,), 1)
-        i = bisect_left(maxes, item)
-        if i == len(maxes):
-            i -= 1
-        chunk = chunks[i]
-        j = bisect_left(chunk, item)
-        new = chunk[:j] + (item,) + chunk[j:]
-        if len(new) > 2 * _LOAD:
-            a, b = new[:_LOAD], new[_LOAD:]
-            chunks = chunks[:i] + (a, b) + chunks[i + 1:]
-            maxes = maxes[:i] + (a[-1], b[-1]) + maxes[i + 1:]
-        else:
-            chunks = chunks[:i] + (new,) + chunks[i + 1:]
-            maxes = maxes[:i] + (new[-1],) + maxes[i + 1:]
-        return SortedIndex(chunks, maxes, self._len + 1)
-
-    def _locate(self, item: Any) -> tuple[int, int]:
-        """(chunk, position) of `item` (KeyError if absent)."""
-        i = bisect_left(self._maxes, item)
-        if i == len(self._maxes):
-            raise KeyError(item)
-        chunk = self._chunks[i]
-        j = bisect_left(chunk, item)
-        if j == len(chunk) or chunk[j] != item:
-            raise KeyError(item)
-        return i, j
+        chunks, maxes = list(self._chunks), list(self._maxes)
+        _insert(chunks, maxes, item)
+        return SortedIndex(tuple(chunks), tuple(maxes), self._len + 1)
 
     def remove(self, item: Any) -> SortedIndex:
         """A copy without `item` (KeyError if absent)."""
-        chunks, maxes = self._chunks, self._maxes
-        i, j = self._locate(item)
-        chunk = chunks[i]
-        new = chunk[:j] + chunk[j + 1:]
-        if new:
-            chunks = chunks[:i] + (new,) + chunks[i + 1:]
-            maxes = maxes[:i] + (new[-1],) + maxes[i + 1:]
-        else:
-            chunks = chunks[:i] + chunks[i + 1:]
-            maxes = maxes[:i] + maxes[i + 1:]
-        return SortedIndex(chunks, maxes, self._len - 1)
+        chunks, maxes = list(self._chunks), list(self._maxes)
+        _delete(chunks, maxes, item)
+        return SortedIndex(tuple(chunks), tuple(maxes), self._len - 1)
 
     def replace(self, old: Any, new: Any) -> SortedIndex:
-        """A copy with `old` swapped for `new`; one chunk rebuilt when both belong to it."""
-        chunks, maxes = self._chunks, self._maxes
-        i, j = self._locate(old)
-        chunk = chunks[i]
-        last = len(chunks) - 1
-        if (i > 0 and new <= maxes[i - 1]) or (i < last and new >= chunks[i + 1][0]):
-            return self.remove(old).add(new)
-        rest = chunk[:j] + chunk[j + 1:]
-        k = bisect_left(rest, new)
-        chunk = rest[:k] + (new,) + rest[k:]
-        return SortedIndex(chunks[:i] + (chunk,) + chunks[i + 1:],
-                           maxes[:i] + (chunk[-1],) + maxes[i + 1:], self._len)
+        """A copy with `old` (KeyError if absent) swapped for `new`, in one copy of the
+        directory."""
+        chunks, maxes = list(self._chunks), list(self._maxes)
+        _delete(chunks, maxes, old)
+        _insert(chunks, maxes, new)
+        return SortedIndex(tuple(chunks), tuple(maxes), self._len)
 
     def irange(self, lo: Any) -> Iterator[Any]:
         """Items >= lo, in order."""
@@ -130,6 +91,42 @@ class SortedIndex:
         yield from chunk[bisect_left(chunk, lo):]
         for k in range(i + 1, len(chunks)):
             yield from chunks[k]
+
+
+def _insert(chunks: list[tuple[Any, ...]], maxes: list[Any], item: Any) -> None:
+    """Insert into a SortedIndex's chunk lists in place (the chunk touched is rebuilt)."""
+    if not chunks:
+        chunks.append((item,))
+        maxes.append(item)
+        return
+    i = bisect_left(maxes, item)
+    if i == len(maxes):
+        i -= 1
+    chunk = list(chunks[i])
+    chunk.insert(bisect_left(chunk, item), item)
+    if len(chunk) > 2 * _LOAD:
+        chunks[i:i + 1] = [tuple(chunk[:_LOAD]), tuple(chunk[_LOAD:])]
+        maxes[i:i + 1] = [chunk[_LOAD - 1], chunk[-1]]
+    else:
+        chunks[i] = tuple(chunk)
+        maxes[i] = chunk[-1]
+
+
+def _delete(chunks: list[tuple[Any, ...]], maxes: list[Any], item: Any) -> None:
+    """Remove from a SortedIndex's chunk lists in place (KeyError if absent)."""
+    i = bisect_left(maxes, item)
+    if i == len(maxes):
+        raise KeyError(item)
+    chunk = chunks[i]
+    j = bisect_left(chunk, item)
+    if j == len(chunk) or chunk[j] != item:
+        raise KeyError(item)
+    if len(chunk) == 1:
+        del chunks[i], maxes[i]
+    else:
+        chunk = chunk[:j] + chunk[j + 1:]
+        chunks[i] = chunk
+        maxes[i] = chunk[-1]
 
 
 _COMPACT = 4096  # a bucket's list drops its served prefix once that many are served (and half)
