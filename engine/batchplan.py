@@ -40,19 +40,19 @@ def plan_runs(opts: BatchOptions) -> list[RunSpec]:
             f"no program: pass --program FILE or add a {PROGRAM_COLUMN!r} column",
         )
     specs: list[RunSpec] = []
+    given = Path(opts.program).absolute() if opts.program is not None else None
     for row in sheet.rows:
         values = dict(row.values)
-        if opts.program is not None:
-            path = Path(opts.program)
+        if given is not None:
+            path = given
         else:
             name = values.get(PROGRAM_COLUMN, "")
             if not name:
                 raise SheetError(str(opts.csv), "empty program", row=row.line,
                                  column=PROGRAM_COLUMN)
-            path = Path(name) if Path(name).is_absolute() else base / name
+            path = (Path(name) if Path(name).is_absolute() else base / name).absolute()
         if has_program_col and opts.program is None:
             values.pop(PROGRAM_COLUMN, None)
-        path = path.absolute()
         program = programs.get(path)
         if program is None:
             program = programs[path] = load_program(path)

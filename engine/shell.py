@@ -274,9 +274,11 @@ class Shell:
         self.progress.runs_skipped = len(specs) - len(todo)
         opened = BatchOpened(csv=str(self.layout.csv), program=str(self.opts.program or ""),
                              invocation=last_invocation + 1, pid=os.getpid())
-        if not todo and not self.world.open and not self.world.requests:
-            # Everything is done and nothing is in flight: the core has nothing to decide,
-            # so a resume of a finished batch does not replay the log into it.
+        if not todo and not self.world.open:
+            # Everything is done and no exec is in flight: the core has nothing to decide, so
+            # a resume of a finished batch does not replay the log into it. Alloc requests
+            # still outstanding (a finished run leaves some) wait for the next invocation
+            # with work, which replays the log and re-sends them (_recover).
             self.log.append([opened], at=self._now)
             self._report(force=True)
             return self.progress

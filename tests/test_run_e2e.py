@@ -282,3 +282,24 @@ def test_a_step_finished_earlier_in_the_same_invocation_is_not_run_again(batch):
     log = d / "b.reflowes/log.sqlite"
     assert [e.ident for e in kinds(log, "task.submitted")].count("shared") == 1
     assert [e.ident for e in kinds(log, "task.cached")].count("shared") == 2
+
+
+def test_resuming_a_finished_batch_only_records_the_invocation(batch):
+    """Nothing to run and no exec in flight: the resume does not replay the log into the
+    core, even though the finished run left alloc requests outstanding."""
+    d, env = batch
+    assert reflowes("run", "b.csv", "--program", "prog.py", cwd=d, env=env).returncode == 0
+    log = d / "b.reflowes/log.sqlite"
+    granted = {e.request_id for e in kinds(log, "alloc.granted")}
+    assert {e.request_id for e in kinds(log, "alloc.requested")} - granted  # still outstanding
+    with SqliteLog.open(log, readonly=True) as lg:
+        before = lg.last_seq()
+    r = reflowes("run", "b.csv", "--program", "prog.py", "--json", cwd=d, env=env)
+    assert r.returncode == 0 and json.loads(r.stdout)["unchanged"] == 3, r.stderr
+    with SqliteLog.open(log, readonly=True) as lg:
+        assert [rec.kind for rec in lg.read(after=before)] == ["batch.opened"]
+    # a later invocation with work replays the log (requests included) and runs it
+    (d / "b.csv").write_text("sample,n,word\ns1,3,alpha\ns2,5,beta\ns3,2,gamma\ns4,1,delta\n")
+    r = reflowes("run", "b.csv", "--program", "prog.py", "--json", cwd=d, env=env)
+    assert r.returncode == 0 and json.loads(r.stdout)["done"] == 1, r.stderr
+    assert (d / "b.reflowes/results/s4/tagged").read_text() == "1\nshared\ndelta\n"
