@@ -45,6 +45,7 @@ from reflowes.events.model import (
 )
 
 _OUTCOMES = (ExecStarted, ExecExited, ExecLost)
+_COUNTED = frozenset({CacheHit, TaskFinished, RunFinished})  # what the progress counters count
 # The longest stretch of committed events a power cut (not a crash) may take back (seconds).
 DURABLE_EVERY = 1.0
 # How often finished results are written to the shared cache index (seconds).
@@ -161,11 +162,13 @@ class Shell:
             self.state, made = core.step(self.state, ev, self._now)
             batch.append(ev)
             self.world.apply(ev)
-            self._count(ev)
+            if type(ev) in _COUNTED:
+                self._count(ev)
             for d in made:
                 batch.append(d)
                 self.world.apply(d)
-                self._count(d)
+                if type(d) in _COUNTED:
+                    self._count(d)
             decisions.extend(made)
         # Every group is committed before its decisions are performed, so a crash of this
         # process never loses a decision whose effect happened. The fsync (power loss) is
@@ -191,8 +194,14 @@ class Shell:
         self._now = time.time()
         decisions = self.record(facts)
         out: list[Event] = []
+        # Steps first: an alloc's slot waits on them; the rest (evaluating finished tasks,
+        # materializing results, allocs) waits on nothing. The decisions are independent.
         for d in decisions:
-            out += self.perform(d)
+            if type(d) is TaskAssigned:
+                out += self.perform(d)
+        for d in decisions:
+            if type(d) is not TaskAssigned:
+                out += self.perform(d)
         # The cache index is written in batches: results are in the log already, and a
         # restart copies any the index missed (Evaluator.restore).
         if self._now - self._cache_flushed >= CACHE_FLUSH_EVERY:
