@@ -129,6 +129,7 @@ def _delete(chunks: list[tuple[Any, ...]], maxes: list[Any], item: Any) -> None:
         maxes[i] = chunk[-1]
 
 
+_new = tuple.__new__  # builds a NamedTuple without its Python-level __new__ (fields in order)
 _COMPACT = 4096  # a bucket's list drops its served prefix once that many are served (and half)
 
 
@@ -167,15 +168,14 @@ class Bucket(NamedTuple):
         if len(items) != tail:
             items = items[:tail]  # a later version appended to the shared list: fork it
         items.append((seq, task_id))
-        return Bucket(self.priority, self.shape, self.weight, self.need, items, self.head,
-                      tail + 1, self.covered)
+        return _new(Bucket, (self[0], self[1], self[2], self[3], items, self[5], tail + 1,
+                             self[7]))
 
     def pop(self) -> Bucket:
         head, tail, items = self.head + 1, self.tail, self.items
         if head >= _COMPACT and 2 * head >= tail:
             items, head, tail = items[head:tail], 0, tail - head
-        return Bucket(self.priority, self.shape, self.weight, self.need, items, head, tail,
-                      self.covered)
+        return _new(Bucket, (self[0], self[1], self[2], self[3], items, head, tail, self[7]))
 
     def cover(self, n: int) -> Bucket:
         return self._replace(covered=max(0, self.covered + n))

@@ -108,8 +108,13 @@ class Transition:
         """Bring by_free and idle up to date with the allocs changed since the last flush."""
         for a, was in self.dirty.items():
             now = self.allocs.get(a)
-            old_free = None if was is None else (free_size(was.free), a)
-            new_free = None if now is None else (free_size(now.free), a)
+            # free_size(), inlined: cpu + mem/8GiB + gpu*8 + disk/1TiB
+            f = None if was is None else was.free
+            old_free = None if f is None else (f[0] + f[1] / (8 * GiB) + f[3] * 8
+                                               + f[2] / (1 << 40), a)
+            f = None if now is None else now.free
+            new_free = None if f is None else (f[0] + f[1] / (8 * GiB) + f[3] * 8
+                                               + f[2] / (1 << 40), a)
             if old_free != new_free:
                 if old_free is None:
                     self.by_free = self.by_free.add(new_free)
@@ -275,8 +280,8 @@ class Transition:
 
     def place(self) -> None:
         """Assign pending tasks in (priority, size, seq) order while any fits somewhere."""
-        if not self.allocs or not self.buckets:
-            return
+        if not (self.grown or self.touched) or not self.allocs or not self.buckets:
+            return  # nothing grew and nothing new: the invariant already holds
         grown = [a for a in self.grown if a in self.allocs]
         if len(grown) == 1 and not self.touched:
             self.fill(grown[0])  # the usual case: one exec ended, nothing was enqueued
@@ -345,17 +350,17 @@ class Transition:
         """Assign the head of a bucket to an alloc: whether the bucket still has tasks, and
         the alloc's free room after it."""
         old = self.buckets[key]
-        _, tid = old.peek()
+        tid = old.items[old.head][1]
         b = old.pop()
         self.pending -= 1
-        left = b.waiting > 0
+        left = b.tail > b.head
         self.put_bucket(key, old, b if left else None)
         return left, self.assign(self.tasks[tid], alloc_id)
 
     def request(self) -> None:
         """Ask for allocs sized to the uncovered leftovers, once the drain time has passed."""
         cfg = self.config
-        if cfg is None or not self.pending:
+        if cfg is None or not self.uncovered:  # uncovered > 0 implies pending > 0
             return
         room = cfg.max_pending_allocs - len(self.requests)
         if room <= 0 or not self.uncovered or not self.drained():
