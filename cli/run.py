@@ -14,6 +14,7 @@ from reflowes.engine.layout import BatchLayout, default_repo
 from reflowes.engine.shell import Progress, drive
 from reflowes.events.errors import ReflowesError
 from reflowes.events.log import SqliteLog
+from reflowes.events.model import Recorded
 from reflowes.projections import fold as projections
 
 
@@ -79,15 +80,61 @@ def _summary(p: Progress, layout: BatchLayout, as_json: bool) -> None:
     click.echo(f"results: {layout.results}")
 
 
-def _checkpoint(log: SqliteLog) -> None:
-    """Store the projections as of now, so status and replay read only the tail next time."""
-    projections.snapshot(log, projections.fold(log))
+# A snapshot at most this many events behind the log's end is left as it is (readers fold the
+# short tail): resuming a finished batch then neither loads nor stores the whole bundle.
+SNAPSHOT_SLACK = 5000
 
 
-def _snapshot(layout: BatchLayout) -> None:
-    if layout.log.exists():
+class _Projector:
+    """The projections kept current from the groups the writer commits (folding envelopes
+    already in memory costs a third of reading and decoding the log again), stored as the
+    snapshot at checkpoints and at the end, so status and replay read only the tail."""
+
+    def __init__(self) -> None:
+        self.live: projections.Projections | None = None
+        self.base = -1  # the seq before this invocation's first group
+        self.pending: list[Recorded] = []  # its groups, until the live bundle is needed
+
+    def recorded(self, log: SqliteLog, recs: list[Recorded]) -> None:
+        if not recs:
+            return
+        if self.live is not None:
+            if self.live.seq == recs[0].seq - 1:  # else it fell behind: folded from the log
+                self.live.apply_all(recs)
+            return
+        if self.base < 0:
+            self.base = recs[0].seq - 1
+        self.pending += recs
+        if self.base == 0 or len(self.pending) > SNAPSHOT_SLACK:
+            self._materialize(log)
+
+    def _materialize(self, log: SqliteLog) -> None:
+        """The bundle as of `base` (snapshot + tail), then this invocation's groups."""
+        live = projections.fold(log, until=self.base)
+        if self.pending and self.pending[0].seq == live.seq + 1:
+            live.apply_all(self.pending)
+        self.live, self.pending = live, []
+
+    def checkpoint(self, log: SqliteLog) -> None:
+        """Store the projections as of now (folded from the log if the live ones fell behind)."""
+        if self.live is None and self.pending:
+            self._materialize(log)
+        live = self.live
+        if live is None or live.seq != log.last_seq():
+            live = self.live = projections.fold(log)
+        projections.snapshot(log, live)
+
+    def snapshot(self, layout: BatchLayout) -> None:
+        """The checkpoint on the way out, unless the stored snapshot is recent enough."""
+        if not layout.log.exists():
+            return
         with SqliteLog.open(layout.log) as log:
-            _checkpoint(log)
+            if self.live is None:
+                stored = log.load_snapshot(projections.SNAPSHOT_NAME)
+                if (stored is not None and stored[1] == projections.VERSION
+                        and stored[0] >= log.last_seq() - SNAPSHOT_SLACK):
+                    return
+            self.checkpoint(log)
 
 
 @click.command("run")
@@ -128,16 +175,18 @@ def run(csv: Path, program: Path | None, id_column: str | None, parallel: int, r
     layout = BatchLayout.for_csv(csv)
     # SIGTERM stops as cleanly as Ctrl-C: the log is consistent and a rerun resumes.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    projector = _Projector()
     try:
         with _Display(quiet or as_json) as display:
-            progress = drive(opts, on_progress=display, checkpoint=_checkpoint)
+            progress = drive(opts, on_progress=display, checkpoint=projector.checkpoint,
+                             on_recorded=projector.recorded)
     except KeyboardInterrupt:
-        _snapshot(layout)
+        projector.snapshot(layout)
         click.echo("interrupted: run the same command again to resume", err=True)
         sys.exit(130)
     except ReflowesError as e:
         raise click.ClickException(str(e)) from None
-    _snapshot(layout)
+    projector.snapshot(layout)
     _summary(progress, layout, as_json)
     if progress.runs_failed or progress.finished < progress.runs_total:
         sys.exit(1)

@@ -37,6 +37,7 @@ from reflowes.events.model import (
     ExecExited,
     ExecLost,
     ExecStarted,
+    Recorded,
     RunFinished,
     SchedulerConfigured,
     TaskAssigned,
@@ -89,9 +90,11 @@ class Shell:
     """One invocation of a batch: owns the log's only write connection."""
 
     def __init__(self, opts: BatchOptions, on_progress: Callable[[Progress], None] | None = None,
-                 checkpoint: Callable[[SqliteLog], None] | None = None) -> None:
+                 checkpoint: Callable[[SqliteLog], None] | None = None,
+                 on_recorded: Callable[[SqliteLog, list[Recorded]], None] | None = None) -> None:
         self.opts = opts
         self.checkpoint = checkpoint
+        self.on_recorded = on_recorded
         self._cache_flushed = 0.0
         self._last_durable = 0.0
         self._next_checkpoint = CHECKPOINT_EVERY
@@ -175,13 +178,18 @@ class Shell:
         # paid at most every DURABLE_EVERY seconds: a power cut loses at most that much of
         # the tail, whose effects are redone idempotently (deterministic exec ids).
         durable = self._now - self._last_durable >= DURABLE_EVERY
-        self.log.append(batch, at=self._now, durable=durable)
+        self._append(batch, durable)
         if durable:
             self._last_durable = self._now
         if self.checkpoint is not None and self.log.last_seq() >= self._next_checkpoint:
             self.checkpoint(self.log)
             self._next_checkpoint = self.log.last_seq() + CHECKPOINT_EVERY
         return decisions
+
+    def _append(self, batch: list[Event], durable: bool) -> None:
+        recs = self.log.append(batch, at=self._now, durable=durable)
+        if self.on_recorded is not None:
+            self.on_recorded(self.log, recs)
 
     def flush(self, facts: list[Event]) -> None:
         """Record facts, perform the decisions, and repeat with the facts that produced."""
@@ -288,7 +296,7 @@ class Shell:
             # a resume of a finished batch does not replay the log into it. Alloc requests
             # still outstanding (a finished run leaves some) wait for the next invocation
             # with work, which replays the log and re-sends them (_recover).
-            self.log.append([opened], at=self._now)
+            self._append([opened], True)
             self._report(force=True)
             return self.progress
         for rec in history:
@@ -392,8 +400,11 @@ class Shell:
 
 
 def drive(opts: BatchOptions, on_progress: Callable[[Progress], None] | None = None,
-          checkpoint: Callable[[SqliteLog], None] | None = None) -> Progress:
-    """Run a batch: the entry point of `reflowes run`. `checkpoint(log)` is called with the
-    writer's log every CHECKPOINT_EVERY events (the CLI stores a projections snapshot)."""
-    return Shell(opts, on_progress, checkpoint).run()
+          checkpoint: Callable[[SqliteLog], None] | None = None,
+          on_recorded: Callable[[SqliteLog, list[Recorded]], None] | None = None) -> Progress:
+    """Run a batch: the entry point of `reflowes run`. `on_recorded(log, envelopes)` sees every
+    group as it is committed (the CLI keeps the projections current with it); `checkpoint(log)`
+    is called with the writer's log every CHECKPOINT_EVERY events (the CLI stores a projections
+    snapshot)."""
+    return Shell(opts, on_progress, checkpoint, on_recorded).run()
 

@@ -250,27 +250,44 @@ def test_bundled_example_runs(tmp_path):
 
 
 def test_long_invocation_checkpoints_projections(batch, monkeypatch):
-    from reflowes.cli.run import _checkpoint
+    """The CLI keeps the projections current from the groups as they are committed, stores
+    them at each checkpoint and at the end: each snapshot is what folding the log gives."""
+    from reflowes.cli.run import _Projector
     from reflowes.engine import shell
     from reflowes.engine.batchplan import BatchOptions
+    from reflowes.engine.layout import BatchLayout
     from reflowes.projections import fold
 
     d, _env = batch
     monkeypatch.setattr(shell, "CHECKPOINT_EVERY", 20)
     seqs: list[int] = []
+    snaps: list[tuple[int, bytes]] = []
+    projector = _Projector()
 
     def checkpoint(log):
         seqs.append(log.last_seq())
-        _checkpoint(log)
+        projector.checkpoint(log)
+        seq, _version, blob = log.load_snapshot(fold.SNAPSHOT_NAME)
+        snaps.append((seq, blob))
 
     progress = shell.drive(BatchOptions(csv=d / "b.csv", program=d / "prog.py",
-                                        repo=d / "home"), checkpoint=checkpoint)
+                                        repo=d / "home"), checkpoint=checkpoint,
+                           on_recorded=projector.recorded)
     assert progress.runs_done == 3
     assert len(seqs) >= 2 and all(b - a >= 20 for a, b in itertools.pairwise(seqs))
-    with SqliteLog.open(d / "b.reflowes/log.sqlite", readonly=True) as log:
+    layout = BatchLayout.for_csv(d / "b.csv")
+    with SqliteLog.open(layout.log, readonly=True) as log:
         seq, _version, _blob = log.load_snapshot(fold.SNAPSHOT_NAME)
         assert seq == seqs[-1]
-        assert fold.fold(log).to_dict() == fold.fold(log, use_snapshot=False).to_dict()
+        for seq, blob in snaps:
+            assert seq in seqs
+            assert fold.loads(blob).to_dict() == fold.fold(log, until=seq,
+                                                           use_snapshot=False).to_dict()
+    projector.snapshot(layout)  # as `reflowes run` does on its way out
+    with SqliteLog.open(layout.log, readonly=True) as log:
+        seq, _version, blob = log.load_snapshot(fold.SNAPSHOT_NAME)
+        assert seq == log.last_seq()
+        assert fold.loads(blob).to_dict() == fold.fold(log, use_snapshot=False).to_dict()
 
 
 def test_a_step_finished_earlier_in_the_same_invocation_is_not_run_again(batch):
@@ -287,6 +304,8 @@ def test_a_step_finished_earlier_in_the_same_invocation_is_not_run_again(batch):
 def test_resuming_a_finished_batch_only_records_the_invocation(batch):
     """Nothing to run and no exec in flight: the resume does not replay the log into the
     core, even though the finished run left alloc requests outstanding."""
+    from reflowes.projections import fold
+
     d, env = batch
     assert reflowes("run", "b.csv", "--program", "prog.py", cwd=d, env=env).returncode == 0
     log = d / "b.reflowes/log.sqlite"
@@ -294,10 +313,14 @@ def test_resuming_a_finished_batch_only_records_the_invocation(batch):
     assert {e.request_id for e in kinds(log, "alloc.requested")} - granted  # still outstanding
     with SqliteLog.open(log, readonly=True) as lg:
         before = lg.last_seq()
+        assert lg.load_snapshot(fold.SNAPSHOT_NAME)[0] == before  # stored on the way out
     r = reflowes("run", "b.csv", "--program", "prog.py", "--json", cwd=d, env=env)
     assert r.returncode == 0 and json.loads(r.stdout)["unchanged"] == 3, r.stderr
     with SqliteLog.open(log, readonly=True) as lg:
         assert [rec.kind for rec in lg.read(after=before)] == ["batch.opened"]
+        # a one-event tail: the snapshot is left as it was, and readers fold the tail
+        assert lg.load_snapshot(fold.SNAPSHOT_NAME)[0] == before
+        assert fold.fold(lg).to_dict() == fold.fold(lg, use_snapshot=False).to_dict()
     # a later invocation with work replays the log (requests included) and runs it
     (d / "b.csv").write_text("sample,n,word\ns1,3,alpha\ns2,5,beta\ns3,2,gamma\ns4,1,delta\n")
     r = reflowes("run", "b.csv", "--program", "prog.py", "--json", cwd=d, env=env)
