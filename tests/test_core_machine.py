@@ -312,3 +312,40 @@ def test_sorted_index_matches_a_sorted_list(ops: list[tuple[str, int, int]]) -> 
         assert idx.first() == (model[0] if model else None)
         assert list(idx.irange(y)) == [v for v in model if v >= y]
         assert (x in idx) == (x in model)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["push", "pop"]), st.integers(0, 50)), max_size=300))
+def test_bucket_versions_are_values(ops: list[tuple[str, int]]) -> None:
+    """A bucket's FIFO shares one append-only list between versions: pushing or popping any
+    earlier version (a branch) must never change what another version holds."""
+    from reflowes.engine.placement import new_bucket
+
+    versions = [(new_bucket(0, Resources(1, GiB)), [])]
+    for n, (op, pick) in enumerate(ops):
+        b, model = versions[pick % len(versions)]
+        if op == "push":
+            versions.append((b.push(n, f"t{n}"), model + [f"t{n}"]))
+        elif model:
+            assert b.peek() == (int(model[0][1:]), model[0])
+            versions.append((b.pop(), model[1:]))
+        for v, m in versions:
+            assert v.task_ids() == m and v.waiting == len(m)
+
+
+def test_bucket_compaction_keeps_old_versions() -> None:
+    """Popping past the compaction point copies the live part; versions from before keep theirs."""
+    from reflowes.engine.placement import new_bucket
+
+    b = new_bucket(0, Resources(1, GiB))
+    for i in range(10_000):
+        b = b.push(i, f"t{i}")
+    early = b
+    for _ in range(9_000):
+        b = b.pop()
+    assert b.head < 9_000  # compacted on the way
+    assert b.task_ids() == [f"t{i}" for i in range(9_000, 10_000)]
+    b2 = early.push(10_000, "x")  # a branch from before the pops
+    assert early.task_ids() == [f"t{i}" for i in range(10_000)]
+    assert b2.task_ids()[-2:] == ["t9999", "x"] and b.push(1, "y").task_ids()[-1] == "y"
+    assert b.task_ids()[-1] == "t9999"
