@@ -3,13 +3,16 @@ shell commands run by `xargs -P 2` in the same run (the floor); then the fully c
 
     python -m benchmarks.bench_run --steps 1000,10000
 
-Prints wall seconds, ms per step, the ratio to the floor, the rerun of the same batch (resume:
-everything done), a new batch of the same rows (every step a cache hit), and the peak RSS.
+Prints wall seconds, ms per step, the ratio to the floor, the controller's own CPU per step
+(`reflowes run --json` reports it: steady across a busy machine, unlike wall time), the rerun of
+the same batch (resume: everything done), a new batch of the same rows (every step a cache hit),
+and the peak RSS.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import shutil
@@ -28,31 +31,33 @@ def main(i: int):
 
 
 def timed(cmd: list[str], cwd: Path, env: dict[str, str] | None = None,
-          shell: bool = False) -> tuple[float, int]:
-    """Wall seconds and the peak RSS (KiB) of the child tree that ran `cmd`."""
+          shell: bool = False) -> tuple[float, int, str]:
+    """Wall seconds, the peak RSS (KiB) of the child tree that ran `cmd`, and its stdout."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     t0 = time.perf_counter()
     p = subprocess.run(cmd if not shell else cmd[0], cwd=cwd, env=env, shell=shell,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                       capture_output=True, check=False)
     wall = time.perf_counter() - t0
     if p.returncode != 0:
         raise SystemExit(f"{cmd} failed: {p.stderr.decode()[-2000:]}")
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return wall, max(peak, before)
+    return wall, max(peak, before), p.stdout.decode()
 
 
 def floor(n: int, d: Path) -> float:
     out = d / "out"
     out.mkdir(parents=True)
-    wall, _ = timed([f"seq 0 {n - 1} | xargs -P 2 -I{{}} sh -c 'echo {{}} > out/{{}}.txt'"],
-                    cwd=d, shell=True)
+    wall, _, _ = timed([f"seq 0 {n - 1} | xargs -P 2 -I{{}} sh -c 'echo {{}} > out/{{}}.txt'"],
+                       cwd=d, shell=True)
     assert len(list(out.iterdir())) == n
     return wall
 
 
-def reflowes_run(d: Path, env: dict[str, str], csv: str = "w.csv") -> tuple[float, int]:
-    return timed([sys.executable, "-m", "reflowes.cli.main", "run", csv, "-p", "prog.py",
-                  "-q", "--parallel", "1000"], cwd=d, env=env)
+def reflowes_run(d: Path, env: dict[str, str], csv: str = "w.csv") -> tuple[float, int, float]:
+    """Wall seconds, peak RSS (KiB) and the controller's own CPU seconds."""
+    wall, peak, out = timed([sys.executable, "-m", "reflowes.cli.main", "run", csv, "-p",
+                             "prog.py", "--json", "--parallel", "1000"], cwd=d, env=env)
+    return wall, peak, float(json.loads(out)["cpu"])
 
 
 def bench(n: int, root: Path) -> dict[str, float]:
@@ -62,15 +67,16 @@ def bench(n: int, root: Path) -> dict[str, float]:
     (d / "w.csv").write_text("id,i\n" + "".join(f"r{i},{i}\n" for i in range(n)))
     env = dict(os.environ, REFLOWES_HOME=str(root / f"home{n}"))
     fl = floor(n, root / f"floor{n}")
-    cold, peak = reflowes_run(d, env)
+    load = os.getloadavg()[0]
+    cold, peak, cpu = reflowes_run(d, env)
     results = d / "w.reflowes" / "results"
     assert sum(1 for _ in results.iterdir()) == n, "not every run produced its result"
-    resume, _ = reflowes_run(d, env)
+    resume, _, _ = reflowes_run(d, env)
     # A new batch of the same rows beside it: every step is in the shared cache.
     shutil.copy(d / "w.csv", d / "w2.csv")
-    warm, peak_warm = reflowes_run(d, env, csv="w2.csv")
-    return {"n": n, "floor": fl, "cold": cold, "resume": resume, "warm": warm,
-            "peak_mb": max(peak, peak_warm) / 1024}
+    warm, peak_warm, _ = reflowes_run(d, env, csv="w2.csv")
+    return {"n": n, "floor": fl, "cold": cold, "cpu": cpu, "resume": resume, "warm": warm,
+            "peak_mb": max(peak, peak_warm) / 1024, "load": load}
 
 
 def main() -> None:
@@ -80,12 +86,14 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="reflowes-bench-run-"))
     try:
         print(f"{'steps':>6} {'xargs -P2 s':>11} {'reflowes s':>10} {'ms/step':>8} "
-              f"{'x floor':>8} {'resume s':>8} {'new+cached s':>12} {'peak MB':>8}")
+              f"{'x floor':>8} {'cpu ms/step':>11} {'resume s':>8} {'new+cached s':>12} "
+              f"{'peak MB':>8} {'load':>5}")
         for n in (int(x) for x in args.steps.split(",")):
             r = bench(n, root)
             print(f"{n:>6} {r['floor']:>11.2f} {r['cold']:>10.2f} {1000 * r['cold'] / n:>8.2f} "
-                  f"{r['cold'] / r['floor']:>8.2f} {r['resume']:>8.2f} {r['warm']:>12.2f} "
-                  f"{r['peak_mb']:>8.0f}", flush=True)
+                  f"{r['cold'] / r['floor']:>8.2f} {1000 * r['cpu'] / n:>11.2f} "
+                  f"{r['resume']:>8.2f} {r['warm']:>12.2f} {r['peak_mb']:>8.0f} "
+                  f"{r['load']:>5.1f}", flush=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +65,8 @@ def _summary(p: Progress, layout: BatchLayout, as_json: bool) -> None:
         click.echo(json.dumps({
             "runs": p.runs_total, "done": p.runs_done, "unchanged": p.runs_skipped,
             "failed": p.runs_failed, "steps_run": p.steps_run, "steps_cached": p.steps_cached,
-            "elapsed": round(p.elapsed, 3), "results": str(layout.results),
+            "elapsed": round(p.elapsed, 3), "cpu": round(time.process_time(), 3),
+            "results": str(layout.results),
             "failures": [{"run": r, "error": e} for r, e in p.failures],
         }))
         return

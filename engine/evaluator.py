@@ -286,9 +286,11 @@ class Evaluator:
         )]
 
     def _clear_results(self, run_id: str) -> None:
-        import shutil
+        path = f"{self.results_dir}/{run_id}"
+        if os.path.lexists(path):  # a new run's dir is absent: one lstat, not rmtree's work
+            import shutil
 
-        shutil.rmtree(f"{self.results_dir}/{run_id}", ignore_errors=True)
+            shutil.rmtree(path, ignore_errors=True)
 
     # ------------------------------------------------------------ tasks
 
