@@ -9,6 +9,7 @@ from typing import Any
 import click
 from reflowes.cli.common import echo_json, json_option, open_batch, path_argument, print_table
 from reflowes.engine.layout import BatchLayout
+from reflowes.events.model import TaskState
 from reflowes.projections.batch import BatchState, RunState
 from reflowes.projections.fold import Projections, fold
 
@@ -41,6 +42,10 @@ def run_dict(layout: BatchLayout, run: RunState) -> dict[str, Any]:
 def totals(p: Projections) -> dict[str, Any]:
     """Batch totals: runs per phase, steps, resource-minutes, allocs, tasks, last seq."""
     out = p.batch.totals()
+    # A step shared by several runs ran once: count distinct steps, as the run summary does
+    # (each run's own count, in its row, still includes the steps it shared).
+    out["steps_run"] = sum(1 for per in p.stats.attempts.values()
+                           if per[max(per)].state == TaskState.DONE)
     out.update(allocs=p.stats.total_allocs, tasks=p.stats.total_tasks,
                live_execs=len(p.manifests.live()), seq=p.seq)
     return out
