@@ -57,7 +57,7 @@ def reflowes_run(d: Path, env: dict[str, str], csv: str = "w.csv") -> tuple[floa
     """Wall seconds, peak RSS (KiB) and the controller's own CPU seconds."""
     wall, peak, out = timed([sys.executable, "-m", "reflowes.cli.main", "run", csv, "-p",
                              "prog.py", "--json", "--parallel", "1000"], cwd=d, env=env)
-    return wall, peak, float(json.loads(out)["cpu"])
+    return wall, peak, float(json.loads(out).get("cpu", "nan"))  # older CLIs: no cpu
 
 
 def bench(n: int, root: Path) -> dict[str, float]:
