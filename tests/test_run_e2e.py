@@ -65,6 +65,7 @@ def test_runs_every_row_then_resumes_without_rerunning(batch):
     assert r2.returncode == 0, r2.stderr
     summary = json.loads(r2.stdout)
     assert summary["unchanged"] == 3 and summary["steps_run"] == 0
+    assert 0 < summary["cpu"] < 60  # the controller's own CPU seconds (bench_run reads it)
     assert len(kinds(log, "exec.created")) == 7
 
 
