@@ -7,14 +7,15 @@ Tests hold the two to the same bytes. Imports no sqlite.
 
 from __future__ import annotations
 
-from typing import Any
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
-import cattrs
 import msgspec
-from cattrs.strategies import configure_tagged_union
-
-from reflowes.events.errors import UnknownEventKind, BadEventBody
+from reflowes.events.errors import BadEventBody, UnknownEventKind
 from reflowes.events.model import BY_KIND, Event
+
+if TYPE_CHECKING:
+    import cattrs
 
 _encoder = msgspec.json.Encoder()
 _decoders: dict[str, msgspec.json.Decoder[Any]] = {
@@ -24,6 +25,9 @@ _decoders: dict[str, msgspec.json.Decoder[Any]] = {
 
 def make_converter() -> cattrs.Converter:
     """The one converter: every event kind as a tagged union on `kind`."""
+    import cattrs  # not on the hot path: importing it and building this cost every CLI ~50 ms
+    from cattrs.strategies import configure_tagged_union
+
     conv = cattrs.Converter(forbid_extra_keys=True)
     configure_tagged_union(
         Event,
@@ -34,7 +38,15 @@ def make_converter() -> cattrs.Converter:
     return conv
 
 
-converter = make_converter()
+@cache
+def _converter() -> cattrs.Converter:
+    return make_converter()
+
+
+def __getattr__(name: str) -> Any:
+    if name == "converter":  # the module attribute it used to be, made on first use
+        return _converter()
+    raise AttributeError(name)
 
 
 def encode(event: Event) -> bytes:
@@ -57,7 +69,7 @@ def decode(kind: str, body: str | bytes) -> Event:
 
 def to_dict(event: Event) -> dict[str, Any]:
     """The tagged-union form: the event's fields plus `kind` (for --json output and tests)."""
-    return converter.unstructure(event, Event)  # type: ignore[no-any-return]
+    return _converter().unstructure(event, Event)  # type: ignore[no-any-return]
 
 
 def from_dict(data: dict[str, Any]) -> Event:
@@ -65,8 +77,10 @@ def from_dict(data: dict[str, Any]) -> Event:
     kind = data.get("kind")
     if kind not in BY_KIND:
         raise UnknownEventKind(str(kind))
+    import cattrs
+
     try:
-        return converter.structure(data, Event)  # type: ignore[arg-type]
+        return _converter().structure(data, Event)  # type: ignore[arg-type]
     except cattrs.BaseValidationError as e:
         msgs = "; ".join(cattrs.transform_error(e))
         raise BadEventBody(str(kind), msgs) from None
