@@ -285,10 +285,13 @@ def step(state: SchedulerState, event: Event, at: float) -> tuple[SchedulerState
     if handler is None:
         return state, []
     tx = Transition(state, at)
-    tx.expire()
+    if state.idle:  # the four phases; each is skipped when it cannot change anything
+        tx.expire()
     handler(tx, event)
-    tx.place()
-    tx.request()
+    if tx.grown or tx.touched:
+        tx.place()
+    if tx.uncovered:
+        tx.request()
     return tx.build(), tx.out
 
 

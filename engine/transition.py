@@ -72,7 +72,8 @@ class Transition:
         self.dirty: dict[str, AllocRecord | None] = {}
 
     def build(self) -> SchedulerState:
-        self.flush()
+        if self.dirty:
+            self.flush()
         return _new(SchedulerState, (
             self.config, self.now, self.tasks, self.allocs, self.gone, self.execs,
             self.requests, self.buckets, self.by_free, self.idle, self.counts, self.pending,
