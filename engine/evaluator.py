@@ -30,6 +30,7 @@ from reflowes.events.model import (
     RunPhase,
     RunPhaseChanged,
     TaskFinished,
+    TaskJoined,
     TaskSubmitted,
 )
 
@@ -108,6 +109,7 @@ class Evaluator:
         # in the cache index yet).
         self.known: dict[str, dict[str, FileRef]] = {}
         self.task_key: dict[str, str] = {}
+        self.task_runs: dict[str, set[str]] = {}  # live task -> runs that submitted or joined it
 
     # ------------------------------------------------------------ restore from the log
 
@@ -137,9 +139,14 @@ class Evaluator:
         self.live_tasks.add(ev.task_id)
         self.by_key[ev.key] = ev.task_id
         self.task_key[ev.task_id] = ev.key
+        self.task_runs[ev.task_id] = {ev.run_id}
+
+    def _joined(self, ev: TaskJoined) -> None:
+        self.task_runs.setdefault(ev.task_id, set()).add(ev.run_id)
 
     def _task_finished(self, ev: TaskFinished) -> None:
         self.live_tasks.discard(ev.task_id)
+        self.task_runs.pop(ev.task_id, None)
         key = self.task_key.get(ev.task_id)
         if ev.ok and key is not None:
             self.known[key] = ev.result
@@ -233,12 +240,18 @@ class Evaluator:
                     if work is None:  # in flight since an earlier invocation
                         work = self.work[task_id] = TaskWork(key, node, inputs)
                     work.waiters.append((run, node))
+                    linked = self.task_runs.setdefault(task_id, set())
+                    if run.spec.run_id not in linked:  # recorded once per run and task
+                        linked.add(run.spec.run_id)
+                        out.append(TaskJoined(run_id=run.spec.run_id, task_id=task_id, key=key,
+                                              ident=node.name))
                     continue
                 n = self.key_count.get(key, 0) + 1
                 self.key_count[key] = n
                 task_id = key[:16] if n == 1 else f"{key[:16]}-{n}"
                 self.by_key[key] = task_id
                 self.live_tasks.add(task_id)
+                self.task_runs[task_id] = {run.spec.run_id}
                 self.work[task_id] = TaskWork(key, node, inputs, [(run, node)])
                 out.append(TaskSubmitted(
                     task_id=task_id, run_id=run.spec.run_id, key=key, ident=node.name,
@@ -311,6 +324,7 @@ class Evaluator:
     def finished(self, ev: TaskFinished) -> list[Event]:
         """A task ended: resolve or fail every run waiting on it."""
         self.live_tasks.discard(ev.task_id)
+        self.task_runs.pop(ev.task_id, None)
         work = self.work.pop(ev.task_id, None)
         if work is None:
             return []
@@ -348,5 +362,6 @@ _RESTORE: dict[type, Callable[[Evaluator, Any], None]] = {
     RunPhaseChanged: Evaluator._phase,
     RunFinished: Evaluator._run_finished,
     TaskSubmitted: Evaluator._submitted,
+    TaskJoined: Evaluator._joined,
     TaskFinished: Evaluator._task_finished,
 }

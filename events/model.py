@@ -189,6 +189,23 @@ class CacheHit:
 
 
 @attrs.frozen(kw_only=True)
+class TaskJoined:
+    """A run needs a step already in flight for another run: it waits for that task (single
+    flight) instead of submitting its own. Not consumed by the scheduler; it links the run to
+    the task, so `replay --run` can follow the step and status can explain the wait."""
+
+    kind: ClassVar[str] = "task.joined"
+    decision: ClassVar[bool] = False
+    run_id: str
+    task_id: str
+    key: str
+    ident: str
+
+    def stream(self) -> str:
+        return _stream("task", self.task_id)
+
+
+@attrs.frozen(kw_only=True)
 class TaskAssigned:
     """Decision: this attempt of the task runs on that alloc as exec `exec_id`."""
 
@@ -379,13 +396,13 @@ EVENT_TYPES: tuple[type, ...] = (
     BatchOpened, SchedulerConfigured, RunDeclared, RunPhaseChanged, RunFinished,
     TaskSubmitted, CacheHit, TaskAssigned, TaskRequeued, TaskFinished,
     AllocRequested, AllocGranted, AllocDied, AllocReleased,
-    ExecCreated, ExecStarted, ExecExited, ExecLost, Tick,
+    ExecCreated, ExecStarted, ExecExited, ExecLost, Tick, TaskJoined,
 )
 Event = Union[
     BatchOpened, SchedulerConfigured, RunDeclared, RunPhaseChanged, RunFinished,
     TaskSubmitted, CacheHit, TaskAssigned, TaskRequeued, TaskFinished,
     AllocRequested, AllocGranted, AllocDied, AllocReleased,
-    ExecCreated, ExecStarted, ExecExited, ExecLost, Tick,
+    ExecCreated, ExecStarted, ExecExited, ExecLost, Tick, TaskJoined,
 ]
 BY_KIND: dict[str, type] = {t.kind: t for t in EVENT_TYPES}  # type: ignore[attr-defined]
 assert len(BY_KIND) == len(EVENT_TYPES), "event kinds must be unique"

@@ -59,6 +59,10 @@ _SUMMARY: dict[type, Callable[[Any], str]] = {
         f"({e.resources})"
     ),
     m.CacheHit: lambda e: f"{e.ident} for run {e.run_id} cached, key {_short(e.key)}",
+    m.TaskJoined: lambda e: (
+        f"{e.ident} for run {e.run_id} joins task {_short(e.task_id)} (in flight, same key "
+        f"{_short(e.key)})"
+    ),
     m.TaskAssigned: lambda e: (
         f"task {_short(e.task_id)} attempt {e.attempt} -> alloc {e.alloc_id} "
         f"as exec {_short(e.exec_id)} ({e.resources})"
