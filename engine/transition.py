@@ -38,7 +38,7 @@ from reflowes.events.resources import GiB, Resources
 # Records are rebuilt with tuple.__new__ from slices of the old one: no Python-level __new__
 # frame and no attribute load per unchanged field (see schedstate for the field order).
 _new = tuple.__new__
-_ASSIGNED, _RUNNING, _PENDING = TaskState.ASSIGNED, TaskState.RUNNING, TaskState.PENDING
+_ASSIGNED = TaskState.ASSIGNED
 
 
 class Transition:
