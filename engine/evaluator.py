@@ -100,7 +100,6 @@ class Evaluator:
         self.results_dir = str(results_dir)  # plain strings: pathlib costs on the hot path
         self.memo: dict[str, RunMemo] = {}
         self.key_count: dict[str, int] = {}
-        self.live_tasks: set[str] = set()  # submitted and not finished, per the log
         self.work: dict[str, TaskWork] = {}  # task id -> work, for tasks of this invocation
         self.by_key: dict[str, str] = {}  # key -> task id in flight
         self.active: dict[str, RunEval] = {}
@@ -109,7 +108,9 @@ class Evaluator:
         # in the cache index yet).
         self.known: dict[str, dict[str, FileRef]] = {}
         self.task_key: dict[str, str] = {}
-        self.task_runs: dict[str, set[str]] = {}  # live task -> runs that submitted or joined it
+        # Tasks submitted and not finished (per the log and this invocation) -> the runs that
+        # submitted or joined them.
+        self.task_runs: dict[str, set[str]] = {}
 
     # ------------------------------------------------------------ restore from the log
 
@@ -136,16 +137,16 @@ class Evaluator:
 
     def _submitted(self, ev: TaskSubmitted) -> None:
         self.key_count[ev.key] = self.key_count.get(ev.key, 0) + 1
-        self.live_tasks.add(ev.task_id)
         self.by_key[ev.key] = ev.task_id
         self.task_key[ev.task_id] = ev.key
         self.task_runs[ev.task_id] = {ev.run_id}
 
     def _joined(self, ev: TaskJoined) -> None:
-        self.task_runs.setdefault(ev.task_id, set()).add(ev.run_id)
+        runs = self.task_runs.get(ev.task_id)
+        if runs is not None:
+            runs.add(ev.run_id)
 
     def _task_finished(self, ev: TaskFinished) -> None:
-        self.live_tasks.discard(ev.task_id)
         self.task_runs.pop(ev.task_id, None)
         key = self.task_key.get(ev.task_id)
         if ev.ok and key is not None:
@@ -235,12 +236,12 @@ class Evaluator:
                     continue
                 run.submitted.add(nid)
                 task_id = self.by_key.get(key)
-                if task_id is not None and task_id in self.live_tasks:
+                linked = None if task_id is None else self.task_runs.get(task_id)
+                if task_id is not None and linked is not None:  # in flight: wait for it
                     work = self.work.get(task_id)
                     if work is None:  # in flight since an earlier invocation
                         work = self.work[task_id] = TaskWork(key, node, inputs)
                     work.waiters.append((run, node))
-                    linked = self.task_runs.setdefault(task_id, set())
                     if run.spec.run_id not in linked:  # recorded once per run and task
                         linked.add(run.spec.run_id)
                         out.append(TaskJoined(run_id=run.spec.run_id, task_id=task_id, key=key,
@@ -250,7 +251,6 @@ class Evaluator:
                 self.key_count[key] = n
                 task_id = key[:16] if n == 1 else f"{key[:16]}-{n}"
                 self.by_key[key] = task_id
-                self.live_tasks.add(task_id)
                 self.task_runs[task_id] = {run.spec.run_id}
                 self.work[task_id] = TaskWork(key, node, inputs, [(run, node)])
                 out.append(TaskSubmitted(
@@ -323,7 +323,6 @@ class Evaluator:
 
     def finished(self, ev: TaskFinished) -> list[Event]:
         """A task ended: resolve or fail every run waiting on it."""
-        self.live_tasks.discard(ev.task_id)
         self.task_runs.pop(ev.task_id, None)
         work = self.work.pop(ev.task_id, None)
         if work is None:
