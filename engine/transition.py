@@ -33,7 +33,7 @@ from reflowes.events.model import (
     TaskRequeued,
     TaskState,
 )
-from reflowes.events.resources import GiB, Resources
+from reflowes.events.resources import Resources
 
 # Records are rebuilt with tuple.__new__ from slices of the old one: no Python-level __new__
 # frame and no attribute load per unchanged field (see schedstate for the field order).
@@ -109,13 +109,8 @@ class Transition:
         """Bring by_free and idle up to date with the allocs changed since the last flush."""
         for a, was in self.dirty.items():
             now = self.allocs.get(a)
-            # free_size(), inlined: cpu + mem/8GiB + gpu*8 + disk/1TiB
-            f = None if was is None else was.free
-            old_free = None if f is None else (f[0] + f[1] / (8 * GiB) + f[3] * 8
-                                               + f[2] / (1 << 40), a)
-            f = None if now is None else now.free
-            new_free = None if f is None else (f[0] + f[1] / (8 * GiB) + f[3] * 8
-                                               + f[2] / (1 << 40), a)
+            old_free = None if was is None else (free_size(was.free), a)
+            new_free = None if now is None else (free_size(now.free), a)
             if old_free != new_free:
                 if old_free is None:
                     self.by_free = self.by_free.add(new_free)
@@ -147,8 +142,8 @@ class Transition:
         resource over the groups from each one on; cached in the state, rebuilt only when a
         key it lacks appears (keys of emptied buckets stay listed until then)."""
         if self.order is None:
-            ks = sorted(  # size as Resources.size(): cpu + mem/8GiB + gpu*8 + disk/1TiB
-                (k[0], k[1] + k[2] / (8 * GiB) + k[4] * 8 + k[3] / (1 << 40), k)
+            ks = sorted(  # k[1:] is the shape as a Free tuple: (cpu, mem, disk, gpu)
+                (k[0], free_size(k[1:]), k)
                 for k in self.buckets.keys()  # noqa: SIM118 (a Map, not a dict)
             )
             groups: list[tuple[BucketKey, ...]] = []
@@ -280,9 +275,10 @@ class Transition:
         return free
 
     def place(self) -> None:
-        """Assign pending tasks in (priority, size, seq) order while any fits somewhere."""
-        if not (self.grown or self.touched) or not self.allocs or not self.buckets:
-            return  # nothing grew and nothing new: the invariant already holds
+        """Assign pending tasks in (priority, size, seq) order while any fits somewhere (step
+        calls it only when an alloc grew or a task was enqueued: else nothing can fit)."""
+        if not self.allocs or not self.buckets:
+            return
         grown = [a for a in self.grown if a in self.allocs]
         if len(grown) == 1 and not self.touched:
             self.fill(grown[0])  # the usual case: one exec ended, nothing was enqueued
@@ -359,9 +355,10 @@ class Transition:
         return left, self.assign(self.tasks[tid], alloc_id)
 
     def request(self) -> None:
-        """Ask for allocs sized to the uncovered leftovers, once the drain time has passed."""
+        """Ask for allocs sized to the uncovered leftovers, once the drain time has passed
+        (step calls it only when some pending task is uncovered)."""
         cfg = self.config
-        if cfg is None or not self.uncovered:  # uncovered > 0 implies pending > 0
+        if cfg is None:
             return
         room = cfg.max_pending_allocs - len(self.requests)
         if room <= 0 or not self.uncovered or not self.drained():
