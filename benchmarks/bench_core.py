@@ -146,12 +146,6 @@ def measure(n_tasks: int, default_gc: bool = False) -> dict[str, float]:
     out["state_mib"] = tracemalloc.get_traced_memory()[0] / (1 << 20)
     tracemalloc.stop()
     del state
-    gc.collect()
-    tracemalloc.start()
-    state = core.replay(fed)
-    out["state_mib"] = tracemalloc.get_traced_memory()[0] / (1 << 20)
-    tracemalloc.stop()
-    del state
     out["maxrss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return out
 
