@@ -12,6 +12,7 @@ import os
 import shutil
 import stat
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlparse
@@ -202,26 +203,22 @@ class Repository:
         if move and os.path.islink(base):
             raise RepositoryError(base, "output dir is a symlink")
         listing: dict[str, list[object]] = {}
-        seen: set[tuple[int, int]] = set()
-        for dirpath, dirnames, filenames in os.walk(base, followlinks=not move):
-            st = os.stat(dirpath)
-            if (st.st_dev, st.st_ino) in seen:  # a symlink cycle
-                dirnames.clear()
-                continue
-            seen.add((st.st_dev, st.st_ino))
-            dirnames.sort()
+        for dirpath, dirnames, filenames in _walk(base, followlinks=not move):
             if move:
                 for name in dirnames:
                     if os.path.islink(os.path.join(dirpath, name)):
                         raise RepositoryError(os.path.join(dirpath, name),
                                               "symlink to a dir inside an output dir")
-            for name in sorted(filenames):
+            for name in filenames:
                 full = os.path.join(dirpath, name)
                 rel = os.path.relpath(full, base).replace(os.sep, "/")
                 ref = self.put_file(full, move=move)
                 listing[rel] = [ref.digest, ref.size]
-        data = _canonical(listing)
-        lref = self.put_bytes(data)
+        return self._put_listing(listing)
+
+    def _put_listing(self, listing: dict[str, list[object]]) -> FileRef:
+        """Store a dir's listing (relative path -> [digest, size]); its ref is the dir's."""
+        lref = self.put_bytes(_canonical(listing))
         self._listings[lref.digest] = listing
         return FileRef(lref.digest, lref.size, "dir")
 
@@ -330,22 +327,25 @@ class Repository:
         return out
 
     def _intern_dir(self, base: str) -> FileRef:
-        rels: list[str] = []
-        seen: set[tuple[int, int]] = set()
-        for dirpath, dirnames, filenames in os.walk(base, followlinks=True):
-            st = os.stat(dirpath)
-            if (st.st_dev, st.st_ino) in seen:  # a symlink cycle
-                dirnames.clear()
-                continue
-            seen.add((st.st_dev, st.st_ino))
-            dirnames.sort()
-            for name in sorted(filenames):
-                rels.append(os.path.relpath(os.path.join(dirpath, name), base))
+        rels = [os.path.relpath(os.path.join(dirpath, name), base)
+                for dirpath, _, filenames in _walk(base, followlinks=True) for name in filenames]
         refs = self.intern_many([os.path.join(base, r) for r in rels]) if rels else []
-        listing = {r.replace(os.sep, "/"): [f.digest, f.size] for r, f in zip(rels, refs)}
-        lref = self.put_bytes(_canonical(listing))
-        self._listings[lref.digest] = listing
-        return FileRef(lref.digest, lref.size, "dir")
+        return self._put_listing(
+            {r.replace(os.sep, "/"): [f.digest, f.size] for r, f in zip(rels, refs)})
+
+
+def _walk(base: str, followlinks: bool) -> Iterator[tuple[str, list[str], list[str]]]:
+    """os.walk in sorted order, each directory once (a symlink cycle is entered only once);
+    the caller may read the subdirectory names but not change them."""
+    seen: set[tuple[int, int]] = set()
+    for dirpath, dirnames, filenames in os.walk(base, followlinks=followlinks):
+        st = os.stat(dirpath)
+        if (st.st_dev, st.st_ino) in seen:  # a symlink cycle
+            dirnames.clear()
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        dirnames.sort()
+        yield dirpath, dirnames, sorted(filenames)
 
 
 def _local_path(source: str | os.PathLike[str]) -> str:
