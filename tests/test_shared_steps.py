@@ -12,19 +12,19 @@ from pathlib import Path
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "reads"
 
 
-def reflowes(*args: str, cwd: Path, home: Path) -> dict:  # type: ignore[type-arg]
+def reflowes(*args: str, cwd: Path, home: Path) -> str:
+    """The CLI's stdout (it must exit 0)."""
     env = dict(os.environ, REFLOWES_HOME=str(home))
-    out = subprocess.run([sys.executable, "-m", "reflowes.cli.main", *args], cwd=cwd, env=env,
-                         capture_output=True, text=True, check=True)
-    return json.loads(out.stdout)  # type: ignore[no-any-return]
+    return subprocess.run([sys.executable, "-m", "reflowes.cli.main", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, check=True).stdout
 
 
 def test_shared_step_counted_once(tmp_path: Path) -> None:
     batch = tmp_path / "reads"
     shutil.copytree(EXAMPLE, batch, ignore=shutil.ignore_patterns("*.reflowes"))
     home = tmp_path / "home"
-    summary = reflowes("run", "samples.csv", "--json", cwd=batch, home=home)
-    status = reflowes("status", "samples.csv", "--json", cwd=batch, home=home)
+    summary = json.loads(reflowes("run", "samples.csv", "--json", cwd=batch, home=home))
+    status = json.loads(reflowes("status", "samples.csv", "--json", cwd=batch, home=home))
     per_run = sum(r["steps_run"] for r in status["runs"])
     assert summary["steps_run"] == status["totals"]["steps_run"] == status["totals"]["tasks"]
     assert per_run > status["totals"]["steps_run"], "the example shares a step between runs"
@@ -37,12 +37,8 @@ def test_replay_of_a_run_follows_the_step_it_joined(tmp_path: Path) -> None:
     shutil.copytree(EXAMPLE, batch, ignore=shutil.ignore_patterns("*.reflowes"))
     home = tmp_path / "home"
     reflowes("run", "samples.csv", "--json", cwd=batch, home=home)
-    env = dict(os.environ, REFLOWES_HOME=str(home))
-    lines = subprocess.run(
-        [sys.executable, "-m", "reflowes.cli.main", "replay", "samples.csv", "--run", "S5",
-         "--json"], cwd=batch, env=env, capture_output=True, text=True, check=True,
-    ).stdout.splitlines()
-    events = [json.loads(line) for line in lines]
+    lines = reflowes("replay", "samples.csv", "--run", "S5", "--json", cwd=batch, home=home)
+    events = [json.loads(line) for line in lines.splitlines()]
     joined = [e for e in events if e["kind"] == "task.joined" and e["run_id"] == "S5"]
     assert len(joined) == 1 and joined[0]["ident"] == "ref_index"
     tid = joined[0]["task_id"]
