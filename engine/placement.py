@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
 
 import attrs
@@ -54,12 +54,7 @@ class SortedIndex:
         return self._chunks[0][0] if self._chunks else None
 
     def __contains__(self, item: Any) -> bool:
-        i = bisect_left(self._maxes, item)
-        if i == len(self._maxes):
-            return False
-        chunk = self._chunks[i]
-        j = bisect_left(chunk, item)
-        return j < len(chunk) and chunk[j] == item
+        return _find(self._chunks, self._maxes, item) is not None
 
     def add(self, item: Any) -> SortedIndex:
         """A copy with `item` inserted (it must not be present)."""
@@ -112,15 +107,24 @@ def _insert(chunks: list[tuple[Any, ...]], maxes: list[Any], item: Any) -> None:
         maxes[i] = chunk[-1]
 
 
-def _delete(chunks: list[tuple[Any, ...]], maxes: list[Any], item: Any) -> None:
-    """Remove from a SortedIndex's chunk lists in place (KeyError if absent)."""
+def _find(chunks: Sequence[tuple[Any, ...]], maxes: Sequence[Any],
+          item: Any) -> tuple[int, int] | None:
+    """(chunk, position) of `item` in a SortedIndex's chunks, or None when absent."""
     i = bisect_left(maxes, item)
     if i == len(maxes):
-        raise KeyError(item)
+        return None
     chunk = chunks[i]
     j = bisect_left(chunk, item)
-    if j == len(chunk) or chunk[j] != item:
+    return (i, j) if j < len(chunk) and chunk[j] == item else None
+
+
+def _delete(chunks: list[tuple[Any, ...]], maxes: list[Any], item: Any) -> None:
+    """Remove from a SortedIndex's chunk lists in place (KeyError if absent)."""
+    at = _find(chunks, maxes, item)
+    if at is None:
         raise KeyError(item)
+    i, j = at
+    chunk = chunks[i]
     if len(chunk) == 1:
         del chunks[i], maxes[i]
     else:
