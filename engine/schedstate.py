@@ -1,6 +1,7 @@
 """The scheduler core's state: frozen records in persistent maps, read-only accessors, view().
 
-Pure values only; imports stdlib typing, attrs, immutables and reflowes.events (no clock, no I/O).
+Pure values only; imports stdlib typing, attrs, immutables, the rerooting map and reflowes.events
+(no clock, no I/O).
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ from typing import Any, NamedTuple
 import attrs
 import immutables
 from reflowes.engine.placement import Bucket, BucketKey, SortedIndex
+from reflowes.engine.pmap import RerootMap
 from reflowes.events.model import FileRef, SchedulerConfigured, TaskState
 from reflowes.events.resources import GiB, Resources
 
 Free = tuple[float, int, int, int]  # (cpu, mem, disk, gpu): an alloc's free room, internal
+Bound = tuple[float, float, float, float]  # a lower bound per resource (may be infinite)
 
 
 def as_free(r: Resources) -> Free:
@@ -108,7 +111,7 @@ class RequestRecord(NamedTuple):
     requested_at: float
 
 
-_EMPTY: immutables.Map[Any, Any] = immutables.Map()
+_EMPTY: RerootMap[Any, Any] = RerootMap()  # shared: an empty RerootMap is never grown in place
 _NO_ITEMS = SortedIndex()
 STATES: tuple[TaskState, ...] = tuple(TaskState)
 STATE_INDEX: dict[TaskState, int] = {s: i for i, s in enumerate(STATES)}
@@ -118,7 +121,7 @@ _ZERO_COUNTS: tuple[int, ...] = (0,) * len(STATES)
 # per group, the least of each resource over it and every later group (a room below it fits no
 # key from there on); and the keys listed. Derived from `buckets`: it may still list keys of
 # buckets emptied since it was built, never lacks a live one.
-BucketOrder = tuple[tuple[tuple[BucketKey, ...], ...], tuple[Free, ...], frozenset[BucketKey]]
+BucketOrder = tuple[tuple[tuple[BucketKey, ...], ...], tuple[Bound, ...], frozenset[BucketKey]]
 
 
 class SchedulerState(NamedTuple):
@@ -126,12 +129,12 @@ class SchedulerState(NamedTuple):
 
     config: SchedulerConfigured | None = None
     now: float = 0.0
-    tasks: immutables.Map[str, TaskRecord] = _EMPTY
-    allocs: immutables.Map[str, AllocRecord] = _EMPTY
-    gone: immutables.Map[str, str] = _EMPTY  # alloc id -> "released" | "died: <reason>"
-    execs: immutables.Map[str, ExecSlot] = _EMPTY
-    requests: immutables.Map[str, RequestRecord] = _EMPTY
-    buckets: immutables.Map[BucketKey, Bucket] = _EMPTY
+    tasks: RerootMap[str, TaskRecord] = _EMPTY
+    allocs: RerootMap[str, AllocRecord] = _EMPTY
+    gone: RerootMap[str, str] = _EMPTY  # alloc id -> "released" | "died: <reason>"
+    execs: RerootMap[str, ExecSlot] = _EMPTY
+    requests: RerootMap[str, RequestRecord] = _EMPTY
+    buckets: RerootMap[BucketKey, Bucket] = _EMPTY
     by_free: SortedIndex = _NO_ITEMS  # (free size, alloc id) of live allocs
     idle: SortedIndex = _NO_ITEMS  # (idle since, alloc id) of live allocs with no exec
     counts: tuple[int, ...] = _ZERO_COUNTS  # tasks per TaskState, in STATES order
@@ -151,7 +154,7 @@ def live_allocs(state: SchedulerState) -> dict[str, Resources]:
     return {a: rec.resources for a, rec in state.allocs.items()}
 
 
-def assigned_execs(state: SchedulerState) -> Mapping[str, ExecSlot]:
+def assigned_execs(state: SchedulerState) -> RerootMap[str, ExecSlot]:
     """exec id -> (task id, alloc id, attempt, resources) for every assigned-but-unfinished exec."""
     return state.execs
 
@@ -166,7 +169,7 @@ def task_counts(state: SchedulerState) -> dict[TaskState, int]:
     return dict(zip(STATES, state.counts, strict=True))
 
 
-def outstanding_requests(state: SchedulerState) -> Mapping[str, RequestRecord]:
+def outstanding_requests(state: SchedulerState) -> RerootMap[str, RequestRecord]:
     """Alloc requests made and not yet granted."""
     return state.requests
 

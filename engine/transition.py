@@ -15,6 +15,7 @@ from reflowes.engine.schedstate import (
     STATE_INDEX,
     AllocRecord,
     AttemptRecord,
+    Bound,
     BucketOrder,
     ExecSlot,
     Free,
@@ -154,12 +155,12 @@ class Transition:
                 else:
                     groups.append((k,))
                     last = (pr, w)
-            lows: list[Free] = []
+            lows: list[Bound] = []
             c, m, d, g = float("inf"), float("inf"), float("inf"), float("inf")
             for group in reversed(groups):
                 for k in group:
                     c, m, d, g = min(c, k[1]), min(m, k[2]), min(d, k[3]), min(g, k[4])
-                lows.append((c, m, d, g))  # type: ignore[arg-type]
+                lows.append((c, m, d, g))
             lows.reverse()
             self.order = (tuple(groups), tuple(lows), frozenset(k for _, _, k in ks))
         return self.order
@@ -326,12 +327,11 @@ class Transition:
                 return
             if len(group) == 1:
                 k = group[0]
-                if k not in self.buckets:
-                    continue  # emptied since the order was built
-                while k[1] <= c + 1e-9 and k[2] <= m and k[3] <= d and k[4] <= g:
-                    left, (c, m, d, g) = self.take(k, alloc_id)
-                    if not left:
-                        break
+                # The fit first: most shapes do not fit the room, and the test is cheaper than
+                # looking the bucket up (it may have been emptied since the order was built).
+                while (k[1] <= c + 1e-9 and k[2] <= m and k[3] <= d and k[4] <= g
+                       and k in self.buckets):
+                    c, m, d, g = self.take(k, alloc_id)[1]
             else:
                 buckets = self.buckets
                 fit = [k for k in group if k in buckets
