@@ -121,5 +121,8 @@ def logs(path: Path, run_id: str, step: str | None, stream: str, as_json: bool) 
             click.echo(f"==> {name} of {s.exec_ids[-1]} <==")
         if f.exists():
             click.echo(f.read_text(errors="replace"), nl=False)
+        elif s.exit_code == 0 and not exec_dir.exists():
+            # A step that succeeded and printed nothing leaves no dir (the executor reuses it).
+            click.echo(f"(empty: the step printed nothing to {name})")
         else:
             click.echo(f"(no {name} kept at {f})")

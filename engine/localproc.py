@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 
 MARKER = "REFLOWES_EXEC"  # in every step's environment: how recover() knows a pid is ours
 TAIL_LINES = 20
@@ -79,9 +80,9 @@ class Guardian:
     def remove(self, pgid: int) -> None:
         self._buf.append(b"-%d\n" % pgid)
 
-    def flush(self, live: list[int]) -> None:
-        """Send the buffered messages (starting the guardian, or a new one for `live` groups
-        if the old one was killed)."""
+    def flush(self, live: Callable[[], list[int]]) -> None:
+        """Send the buffered messages (starting the guardian, or a new one for the `live()`
+        groups if the old one was killed)."""
         if not self._buf:
             return
         data, self._buf = b"".join(self._buf), []
@@ -98,7 +99,7 @@ class Guardian:
             self._proc.stdin.write(data)
         except BrokenPipeError:
             self._proc = None
-            self._buf = [b"+%d\n" % pg for pg in live]
+            self._buf = [b"+%d\n" % pg for pg in live()]
             self.flush(live)
 
     def close(self) -> None:

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from reflowes.engine.cache import Cache
 
 _CHUNK = 1 << 20
+_SMALL = 1 << 16  # files below this size are read in one call
 _READONLY = 0o444
 
 
@@ -43,7 +44,15 @@ class InputNotFound(UserError):
         self.source = source
 
 
-def _hash_file(path: str) -> tuple[str, int]:
+def _hash_file(path: str, size_hint: int = -1) -> tuple[str, int]:
+    if 0 <= size_hint < _SMALL:  # one read (a short read of a regular file is its end)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            data = os.read(fd, _SMALL)
+        finally:
+            os.close(fd)
+        if len(data) < _SMALL:
+            return hashlib.sha256(data).hexdigest(), len(data)
     h = hashlib.sha256()
     size = 0
     with open(path, "rb", buffering=0) as f:
@@ -156,15 +165,19 @@ class Repository:
         self._install(tmp, digest, len(data))
         return ref
 
-    def put_file(self, path: str | os.PathLike[str], move: bool = False) -> FileRef:
+    def put_file(self, path: str | os.PathLike[str], move: bool = False,
+                 st: os.stat_result | None = None) -> FileRef:
         """Store a file. With `move`, the source is ours to give away: it is made read-only
-        and hard linked in place (no copy) when on the same filesystem."""
+        and hard linked in place (no copy) when on the same filesystem. `st`: its lstat, if
+        the caller has it."""
         src = os.fspath(path)
         if move:  # only a plain file nobody else links to is ours to give away
-            st = os.lstat(src)
+            if st is None:
+                st = os.lstat(src)
             move = stat.S_ISREG(st.st_mode) and st.st_nlink == 1
         if move:
-            digest, size = _hash_file(src)
+            assert st is not None
+            digest, size = _hash_file(src, st.st_size)
             self._ensure_dir(digest)
             final = self._opath(digest)
             try:
