@@ -7,6 +7,7 @@ then stepped through the core again with nothing else in the loop (the core is d
 same steps), timed by process CPU time (other processes on a loaded machine do not count) and
 by wall time; a third pass under tracemalloc measures the state's memory. Each size runs in its
 own process. Usage: python -m benchmarks.bench_core [--sizes 1000,10000,100000] [--default-gc]
+(REFLOWES_PURE=1 in the environment: the pure-Python core instead of the compiled one)
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import sys
 import time
 import tracemalloc
 
-from reflowes.engine import core, gcpolicy
+from reflowes.engine import COMPILED, core, gcpolicy
 from reflowes.events.model import (
     AllocDied,
     AllocGranted,
@@ -188,6 +189,8 @@ def main() -> None:
           "in bursts between chunks of the timed steps (median); collector: "
           + ("CPython's default thresholds" if args.default_gc else
              "the engine's policy (engine/gcpolicy.py)"))
+    print("core: " + ("compiled by mypyc (setup.py)" if COMPILED else
+                      "pure Python (REFLOWES_PURE=1, or not built with mypyc)"))
     print(f"{'tasks':>7} {'allocs':>6} {'events':>7} {'decided':>7} {'done':>6} {'failed':>6} "
           f"{'ev/CPU-s':>8} {'ev/wall-s':>9} {'us/ev':>6} {'Mops/s':>6} {'ops/ev':>6} "
           f"{'ratio':>5} {'CPU ratio':>9} {'state':>9} {'maxRSS':>8}")

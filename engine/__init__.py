@@ -1,0 +1,53 @@
+"""The engine: evaluator, shell, executors and the pure scheduler core.
+
+The core (CORE_MODULES) is compiled by mypyc when the build could (setup.py). A compiled core
+whose sources have changed since it was built, or any under REFLOWES_PURE=1, is bypassed: its
+modules are then loaded from their .py files. COMPILED tells which one runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from importlib.machinery import ModuleSpec
+from importlib.util import spec_from_file_location
+
+CORE_MODULES = ("core", "transition", "schedstate", "placement", "pmap")
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def core_digest() -> str:
+    """sha256 over the core's sources, in CORE_MODULES order (setup.py records it at build)."""
+    h = hashlib.sha256()
+    for m in CORE_MODULES:
+        with open(os.path.join(_HERE, f"{m}.py"), "rb") as f:
+            h.update(f.read())
+    return h.hexdigest()
+
+
+class _SourceCore:
+    """Meta path finder: the core's modules from their .py files, ahead of any compiled ones."""
+
+    @staticmethod
+    def find_spec(name: str, path: object = None, target: object = None) -> ModuleSpec | None:
+        pkg, _, mod = name.rpartition(".")
+        if pkg == __name__ and mod in CORE_MODULES:
+            return spec_from_file_location(name, os.path.join(_HERE, f"{mod}.py"))
+        return None
+
+
+def _compiled_core_usable() -> bool:
+    if os.environ.get("REFLOWES_PURE"):
+        return False
+    try:
+        with open(os.path.join(_HERE, "corelib.digest")) as f:
+            return f.read().strip() == core_digest()
+    except OSError:
+        return False
+
+
+_BUILT = any(f.startswith("corelib__mypyc") for f in os.listdir(_HERE))
+COMPILED = _BUILT and _compiled_core_usable()
+if _BUILT and not COMPILED:
+    sys.meta_path.insert(0, _SourceCore)

@@ -1,0 +1,50 @@
+"""Build: the scheduler core compiled with mypyc when it can be (REFLOWES_PURE=1 at build: never).
+
+Everything else is in pyproject.toml. The compiled core is used only while its sources are the
+ones it was built from (engine/__init__.py checks the digest written here); after editing them,
+`pip install -e .` rebuilds it, and until then the pure-Python modules are used.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from setuptools import setup
+
+HERE = Path(__file__).parent
+CORE = ["core", "transition", "schedstate", "placement", "pmap"]  # = engine.CORE_MODULES
+
+
+def digest() -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for m in CORE:
+        h.update((HERE / "engine" / f"{m}.py").read_bytes())
+    return h.hexdigest()
+
+
+def core_extensions() -> list:  # type: ignore[type-arg]
+    if os.environ.get("REFLOWES_PURE"):
+        return []
+    try:
+        from mypyc.build import mypycify
+    except ImportError:  # built without the build requirements: the pure core it is
+        return []
+    # mypyc names a module by its place in a package tree, and the source folders are mapped
+    # onto reflowes.* by pyproject: stage what the core's types come from as that tree.
+    stage = HERE / "build" / "mypyc-src"
+    shutil.rmtree(stage, ignore_errors=True)
+    for src in ("events", "engine"):
+        shutil.copytree(HERE / src, stage / "reflowes" / src,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.so"))
+    (stage / "reflowes" / "__init__.py").write_text("")  # the core needs none of the program API
+    exts = mypycify([str(stage / "reflowes" / "engine" / f"{m}.py") for m in CORE],
+                    group_name="reflowes.engine.corelib")
+    (HERE / "engine" / "corelib.digest").write_text(digest() + "\n")
+    return exts
+
+
+setup(ext_modules=core_extensions(), package_data={"reflowes.engine": ["corelib.digest"]})

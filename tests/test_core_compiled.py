@@ -1,0 +1,53 @@
+"""The mypyc-compiled core decides exactly what the pure-Python one does, and REFLOWES_PURE=1
+(or a core whose sources changed since its build) runs the pure one."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from reflowes.engine import COMPILED
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A simulated batch (seeded world: OOMs, exit 75, failures, alloc deaths, idle expiry), stepped
+# through the core; prints which core ran and a digest of every decision and the final view.
+_RUN = """
+import hashlib
+from benchmarks.bench_core import simulate
+from reflowes import engine
+from reflowes.engine import core
+fed, _ = simulate(3000, seed=7)
+state, h = core.initial(), hashlib.sha256()
+for ev, at in fed:
+    state, made = core.step(state, ev, at)
+    h.update(repr(made).encode())
+h.update(repr(core.view(state)).encode())
+print(engine.COMPILED, h.hexdigest())
+"""
+
+
+def _run(pure: bool) -> list[str]:
+    env = {k: v for k, v in os.environ.items() if k != "REFLOWES_PURE"}
+    if pure:
+        env["REFLOWES_PURE"] = "1"
+    out = subprocess.run([sys.executable, "-c", _RUN], cwd=ROOT, env=env, capture_output=True,
+                         text=True, check=True, timeout=300)
+    return out.stdout.split()
+
+
+def test_pure_core_runs_under_reflowes_pure() -> None:
+    compiled, _ = _run(pure=True)
+    assert compiled == "False"
+
+
+@pytest.mark.skipif(not COMPILED, reason="the core was built without mypyc (REFLOWES_PURE "
+                    "at build, or its sources changed since: pip install -e . rebuilds it)")
+def test_compiled_core_decides_as_the_pure_one() -> None:
+    compiled, fast = _run(pure=False)
+    pure_flag, slow = _run(pure=True)
+    assert (compiled, pure_flag) == ("True", "False")
+    assert fast == slow
