@@ -21,7 +21,15 @@ from reflowes.engine.errors import InfraError
 from reflowes.engine.executor import ExecSpec, render
 from reflowes.engine.localmem import Group, MemoryGroups
 from reflowes.engine.localpool import LocalPool
-from reflowes.engine.localproc import MARKER, Guardian, kill_if_ours, kill_marked, tail
+from reflowes.engine.localproc import (
+    MARKER,
+    Guardian,
+    default_slice,
+    kill_if_ours,
+    kill_marked,
+    short_slice,
+    tail,
+)
 from reflowes.engine.repository import Repository, RepositoryError
 from reflowes.events.model import Event, ExecCreated, ExecExited, ExecLost, ExecStarted, FileRef
 from reflowes.events.resources import format_size
@@ -88,6 +96,10 @@ class LocalExecutor:
         self._guardian = Guardian(self._mem.base if self._mem is not None else None)
         self._path = os.environ.get("PATH") or os.defpath
         self._null_fds = [(os.POSIX_SPAWN_OPEN, fd, os.devnull, os.O_RDWR, 0) for fd in (0, 1, 2)]
+        self._nice = os.getpriority(os.PRIO_PROCESS, 0)
+        # posix_spawn blocks until the child has exec'd: a short slice (inherited by the child
+        # until then) gets both scheduled at once on a busy machine.
+        self._short_slice = short_slice(True)
 
     # ------------------------------------------------------------ put
 
@@ -136,6 +148,8 @@ class LocalExecutor:
             if cgroup is not None and self._mem is not None:
                 self._mem.release(cgroup)
             return self._failed(spec, d, f"cannot start {SHELL}: {e}")
+        if self._short_slice:
+            default_slice(pid, self._nice)
         self._guardian.add(pid)  # at once: the controller may die before its next poll
         self._guardian.flush(lambda: [*self._live_pids(), pid])
         pidfd = os.pidfd_open(pid)
@@ -422,6 +436,9 @@ class LocalExecutor:
             self._collecting.clear()
             self._dropped.clear()
         self._guardian.flush(list)
+        if self._short_slice:
+            short_slice(False)
+            self._short_slice = False
         if self._mem is not None:
             self._mem.close()
         self._guardian.close()
