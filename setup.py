@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 from setuptools import setup
+from setuptools.command.build_ext import build_ext
 
 HERE = Path(__file__).parent
 CORE = ["core", "transition", "schedstate", "placement", "pmap"]  # = engine.CORE_MODULES
@@ -41,10 +42,31 @@ def core_extensions() -> list:  # type: ignore[type-arg]
         shutil.copytree(HERE / src, stage / "reflowes" / src,
                         ignore=shutil.ignore_patterns("__pycache__", "*.so"))
     (stage / "reflowes" / "__init__.py").write_text("")  # the core needs none of the program API
-    exts = mypycify([str(stage / "reflowes" / "engine" / f"{m}.py") for m in CORE],
-                    group_name="reflowes.engine.corelib")
+    try:
+        exts = mypycify([str(stage / "reflowes" / "engine" / f"{m}.py") for m in CORE],
+                        group_name="reflowes.engine.corelib")
+    except (Exception, SystemExit) as e:  # noqa: BLE001 (mypyc exits on type errors)
+        print(f"reflowes: the core is not compiled ({e!r}); the pure-Python core will run")
+        return []
     (HERE / "engine" / "corelib.digest").write_text(digest() + "\n")
     return exts
 
 
-setup(ext_modules=core_extensions(), package_data={"reflowes.engine": ["corelib.digest"]})
+class OptionalBuildExt(build_ext):
+    """No C compiler or headers: install the pure-Python core rather than fail."""
+
+    def run(self) -> None:
+        try:
+            super().run()
+        except Exception as e:  # noqa: BLE001 (any compiler failure)
+            print(f"reflowes: the core is not compiled ({e!r}); the pure-Python core will run")
+
+    def build_extension(self, ext) -> None:  # type: ignore[no-untyped-def]
+        try:
+            super().build_extension(ext)
+        except Exception as e:  # noqa: BLE001
+            print(f"reflowes: {ext.name} is not compiled ({e!r}); the pure-Python core will run")
+
+
+setup(ext_modules=core_extensions(), cmdclass={"build_ext": OptionalBuildExt},
+      package_data={"reflowes.engine": ["corelib.digest"]})

@@ -47,7 +47,7 @@ def _compiled_core_usable() -> bool:
         return False
 
 
-_BUILT = any(f.startswith("corelib__mypyc") for f in os.listdir(_HERE))
-COMPILED = _BUILT and _compiled_core_usable()
-if _BUILT and not COMPILED:
+COMPILED = (any(f.startswith("corelib__mypyc") for f in os.listdir(_HERE))
+            and _compiled_core_usable())
+if not COMPILED:  # also when only some of the compiled modules were built
     sys.meta_path.insert(0, _SourceCore)
