@@ -98,6 +98,9 @@ class Evaluator:
         self.repo = repo
         self.cache = cache
         self.results_dir = str(results_dir)  # plain strings: pathlib costs on the hot path
+        # No results dir yet: no run has results to clear (this invocation makes each run's
+        # dir only once it is declared and done), so a new run costs no lookup.
+        self._results_absent = not os.path.isdir(self.results_dir)
         self.memo: dict[str, RunMemo] = {}
         self.key_count: dict[str, int] = {}
         self.work: dict[str, TaskWork] = {}  # task id -> work, for tasks of this invocation
@@ -299,6 +302,8 @@ class Evaluator:
         )]
 
     def _clear_results(self, run_id: str) -> None:
+        if self._results_absent:
+            return
         path = f"{self.results_dir}/{run_id}"
         if os.path.lexists(path):  # a new run's dir is absent: one lstat, not rmtree's work
             import shutil

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import atexit
 import os
-import re
 import shlex
 import signal
 import time
@@ -16,7 +15,6 @@ import time
 V1_ROOT = "/sys/fs/cgroup/memory"
 _instances = 0  # groups of one controller: reflowes-<pid>-<instance>
 _RESIDUE = 16 << 20  # charges left in a free group above this are reclaimed before reuse
-_OOM_KILL = re.compile(r"^oom_kill (\d+)$", re.MULTILINE)
 
 
 def own_memory_cgroup(root: str = V1_ROOT) -> str | None:
@@ -242,5 +240,9 @@ def _alive(pid: int) -> bool:
 
 
 def _oom_kills(g: Group) -> int:
-    m = _OOM_KILL.search(os.pread(g.fds[1], 512, 0).decode())
-    return int(m.group(1)) if m else 0
+    text = os.pread(g.fds[1], 512, 0)
+    i = text.find(b"\noom_kill ")  # the counter's line (kernels before 4.13 have none)
+    if i < 0:
+        return 0
+    end = text.find(b"\n", i + 10)
+    return int(text[i + 10:end if end >= 0 else None])
