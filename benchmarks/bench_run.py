@@ -1,7 +1,7 @@
 """`reflowes run` on N independent no-op steps (each writes one small file), beside the same
 shell commands run by `xargs -P 2` in the same run (the floor); then the fully cached reruns.
 
-    python -m benchmarks.bench_run --steps 1000,10000
+    python -m benchmarks.bench_run --steps 1000,10000 [--repeat 3]
 
 Prints wall seconds, ms per step, the ratio to the floor, the controller's own CPU per step
 (`reflowes run --json` reports it: steady across a busy machine, unlike wall time), the rerun of
@@ -82,14 +82,17 @@ def bench(n: int, root: Path) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--steps", default="1000,10000")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="rows per size (each with its own floor): the machine's speed drifts")
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="reflowes-bench-run-"))
     try:
         print(f"{'steps':>6} {'xargs -P2 s':>11} {'reflowes s':>10} {'ms/step':>8} "
               f"{'x floor':>8} {'cpu ms/step':>11} {'resume s':>8} {'new+cached s':>12} "
               f"{'peak MB':>8} {'load':>5}")
-        for n in (int(x) for x in args.steps.split(",")):
-            r = bench(n, root)
+        sizes = [int(x) for x in args.steps.split(",")]
+        for k, n in enumerate(n for n in sizes for _ in range(args.repeat)):
+            r = bench(n, root / str(k))
             print(f"{n:>6} {r['floor']:>11.2f} {r['cold']:>10.2f} {1000 * r['cold'] / n:>8.2f} "
                   f"{r['cold'] / r['floor']:>8.2f} {1000 * r['cpu'] / n:>11.2f} "
                   f"{r['resume']:>8.2f} {r['warm']:>12.2f} {r['peak_mb']:>8.0f} "

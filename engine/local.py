@@ -166,9 +166,9 @@ class LocalExecutor:
         """The exec's private dir: a spare one renamed (a rename allocates nothing; a mkdir
         costs 20-400 us of kernel CPU on a busy ext4), else made, with in/ and out/ if used."""
         d = f"{self.workdir}/{spec.exec_id}"
-        if self._spare and not os.path.lexists(d):
+        if self._spare:
             spare, has_out = self._spare.pop()
-            try:
+            try:  # fails if `d` was left non-empty by an earlier controller (handled below)
                 os.rename(spare, d)
             except OSError:
                 pass

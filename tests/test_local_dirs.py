@@ -106,3 +106,15 @@ def test_logs_of_a_step_whose_dir_was_reused(tmp_path: Path) -> None:
     for r in outs[:2]:
         assert "(empty: the step printed nothing to stdout)" in r.stdout
         assert "(empty: the step printed nothing to stderr)" in r.stdout
+
+
+def test_a_dir_left_by_an_earlier_controller_is_replaced_even_with_a_spare(
+        ex: LocalExecutor, tmp_path: Path) -> None:
+    one(ex, "p1", "echo x > {out}", outputs={"out": "file"})  # leaves a spare
+    left = tmp_path / "execs" / "p2"
+    left.mkdir()
+    (left / "junk").write_text("from an earlier controller\n")
+    after = one(ex, "p2", "ls -A . > {listing}", outputs={"listing": "file"})
+    assert after.error is None
+    assert ex.repo.read_bytes(after.result["listing"]).decode().split() == [
+        "out", "stderr", "stdout"]
