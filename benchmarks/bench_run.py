@@ -1,7 +1,7 @@
 """`reflowes run` on N independent no-op steps (each writes one small file), beside the same
 shell commands run by `xargs -P 2` in the same run (the floor); then the fully cached reruns.
 
-    python -m benchmarks.bench_run --steps 1000,10000 [--repeat 3]
+    python -m benchmarks.bench_run --steps 1000,10000 [--repeat 3] [--was OLD_TREE]
 
 Prints wall seconds, ms per step, the ratio to the floor, the controller's own CPU per step
 (`reflowes run --json` reports it: steady across a busy machine, unlike wall time), the rerun of
@@ -60,12 +60,14 @@ def reflowes_run(d: Path, env: dict[str, str], csv: str = "w.csv") -> tuple[floa
     return wall, peak, float(json.loads(out).get("cpu", "nan"))  # older CLIs: no cpu
 
 
-def bench(n: int, root: Path) -> dict[str, float]:
+def bench(n: int, root: Path, pythonpath: str | None = None) -> dict[str, float]:
     d = root / f"w{n}"
     d.mkdir(parents=True)
     (d / "prog.py").write_text(PROGRAM)
     (d / "w.csv").write_text("id,i\n" + "".join(f"r{i},{i}\n" for i in range(n)))
     env = dict(os.environ, REFLOWES_HOME=str(root / f"home{n}"))
+    if pythonpath is not None:
+        env["PYTHONPATH"] = pythonpath
     fl = floor(n, root / f"floor{n}")
     load = os.getloadavg()[0]
     cold, peak, cpu = reflowes_run(d, env)
@@ -84,19 +86,26 @@ def main() -> None:
     ap.add_argument("--steps", default="1000,10000")
     ap.add_argument("--repeat", type=int, default=1,
                     help="rows per size (each with its own floor): the machine's speed drifts")
+    ap.add_argument("--was", metavar="PYTHONPATH",
+                    help="a tree holding an older reflowes package (e.g. from git archive): "
+                         "each row is run with it too, interleaved, in this one invocation "
+                         "(separate invocations skew each other: ext4 makes inodes slowly "
+                         "for ~30 s after the previous one's clean-up deleted many)")
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="reflowes-bench-run-"))
     try:
-        print(f"{'steps':>6} {'xargs -P2 s':>11} {'reflowes s':>10} {'ms/step':>8} "
+        print(f"{'':4}{'steps':>6} {'xargs -P2 s':>11} {'reflowes s':>10} {'ms/step':>8} "
               f"{'x floor':>8} {'cpu ms/step':>11} {'resume s':>8} {'new+cached s':>12} "
               f"{'peak MB':>8} {'load':>5}")
         sizes = [int(x) for x in args.steps.split(",")]
+        trees = [("now", None)] + ([("was", args.was)] if args.was else [])
         for k, n in enumerate(n for n in sizes for _ in range(args.repeat)):
-            r = bench(n, root / str(k))
-            print(f"{n:>6} {r['floor']:>11.2f} {r['cold']:>10.2f} {1000 * r['cold'] / n:>8.2f} "
-                  f"{r['cold'] / r['floor']:>8.2f} {1000 * r['cpu'] / n:>11.2f} "
-                  f"{r['resume']:>8.2f} {r['warm']:>12.2f} {r['peak_mb']:>8.0f} "
-                  f"{r['load']:>5.1f}", flush=True)
+            for label, pythonpath in trees[k % len(trees):] + trees[:k % len(trees)]:
+                r = bench(n, root / f"{k}{label}", pythonpath)
+                print(f"{label if args.was else '':4}{n:>6} {r['floor']:>11.2f} {r['cold']:>10.2f} {1000 * r['cold'] / n:>8.2f} "
+                      f"{r['cold'] / r['floor']:>8.2f} {1000 * r['cpu'] / n:>11.2f} "
+                      f"{r['resume']:>8.2f} {r['warm']:>12.2f} {r['peak_mb']:>8.0f} "
+                      f"{r['load']:>5.1f}", flush=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
