@@ -24,10 +24,12 @@ from reflowes.engine.localpool import LocalPool
 from reflowes.engine.localproc import (
     MARKER,
     Guardian,
+    current_cpu,
     default_slice,
     kill_if_ours,
     kill_marked,
     short_slice,
+    spread,
     tail,
 )
 from reflowes.engine.repository import Repository, RepositoryError
@@ -97,6 +99,7 @@ class LocalExecutor:
         self._path = os.environ.get("PATH") or os.defpath
         self._null_fds = [(os.POSIX_SPAWN_OPEN, fd, os.devnull, os.O_RDWR, 0) for fd in (0, 1, 2)]
         self._nice = os.getpriority(os.PRIO_PROCESS, 0)
+        self._cpus = os.sched_getaffinity(0)
         # posix_spawn blocks until the child has exec'd: a short slice (inherited by the child
         # until then) gets both scheduled at once on a busy machine.
         self._short_slice = short_slice(True)
@@ -141,6 +144,13 @@ class LocalExecutor:
         env = {"PATH": self._path, "HOME": d, "TMPDIR": d}
         env.update(spec.env)
         env[MARKER] = spec.exec_id
+        # Pinned to this CPU while posix_spawn waits for the exec: the kernel would otherwise
+        # move the child to an idle CPU at its exec and the spawner would wait for that CPU to
+        # wake (0.5-1 ms on this VM against ~0.1 ms pinned). The child is spread right after.
+        here = current_cpu() if len(self._cpus) > 1 else -1
+        pinned = here in self._cpus
+        if pinned:
+            os.sched_setaffinity(0, (here,))
         try:
             pid = os.posix_spawn(SHELL, [SHELL, "-c", prologue + cmd], env, setpgroup=0,
                                  file_actions=self._null_fds)
@@ -148,6 +158,11 @@ class LocalExecutor:
             if cgroup is not None and self._mem is not None:
                 self._mem.release(cgroup)
             return self._failed(spec, d, f"cannot start {SHELL}: {e}")
+        finally:
+            if pinned:
+                os.sched_setaffinity(0, self._cpus)
+        if pinned:
+            spread(pid, self._cpus)
         if self._short_slice:
             default_slice(pid, self._nice)
         self._guardian.add(pid)  # at once: the controller may die before its next poll

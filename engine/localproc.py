@@ -196,3 +196,29 @@ def default_slice(pid: int, nice: int) -> bool:
     """Give a spawned step (at `nice`, its spawner's) the default slice back once it has
     exec'd: steps run as usual."""
     return _sched_setattr(pid, 0, nice)
+
+
+def current_cpu() -> int:
+    """The CPU the calling thread runs on now (-1 if unknown)."""
+    global _libc
+    try:
+        if _libc is None:
+            import ctypes
+
+            _libc = ctypes.CDLL(None, use_errno=True)
+        return int(_libc.sched_getcpu())
+    except (OSError, AttributeError):
+        return -1
+
+
+def spread(pid: int, cpus: set[int]) -> None:
+    """Let process `pid` and every descendant it already has run on `cpus` again (a step
+    spawned while its spawner was pinned starts pinned too)."""
+    try:
+        os.sched_setaffinity(pid, cpus)
+        with open(f"/proc/{pid}/task/{pid}/children", "rb") as f:
+            children = f.read().split()
+    except OSError:  # gone already, or no children file: nothing more to do
+        return
+    for child in children:
+        spread(int(child), cpus)

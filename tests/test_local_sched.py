@@ -1,9 +1,11 @@
 """The local executor's spawner runs with the kernel's shortest slice (so a new step and the
-spawner waiting on its exec are scheduled at once); steps themselves run with the default one,
-and closing the executor gives the controller its default back. Real processes."""
+spawner waiting on its exec are scheduled at once) and is pinned to its CPU around each spawn;
+steps and their children run with the default slice on every CPU, and closing the executor
+gives the controller its default back. Real processes."""
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from pathlib import Path
@@ -13,6 +15,7 @@ from reflowes.engine.executor import ExecSpec
 from reflowes.engine.local import LocalExecutor
 from reflowes.engine.localproc import SPAWN_SLICE_NS, short_slice
 from reflowes.engine.repository import Repository
+from reflowes.events.model import ExecExited
 
 
 def _slice(pid: str = "thread-self") -> int:
@@ -53,3 +56,40 @@ def test_the_spawner_is_short_sliced_and_steps_are_not(tmp_path: Path, default: 
     finally:
         ex.close()
     assert _slice() == default
+
+
+def test_steps_and_their_children_may_use_every_cpu(tmp_path: Path) -> None:
+    """The spawner pins itself to its CPU while posix_spawn waits for the exec; neither the
+    step nor anything it starts keeps that pin."""
+    cpus = os.sched_getaffinity(0)
+    if len(cpus) < 2:
+        pytest.skip("one CPU: nothing is pinned")
+    ex = LocalExecutor(Repository(tmp_path / "repo"), tmp_path / "execs")
+    try:
+        for i in range(20):  # a race lost would show now and then: give it chances
+            ex.put(ExecSpec(exec_id=f"c{i}", task_id=f"t{i}", alloc_id="a1",
+                            template="grep Cpus_allowed_list /proc/$$/status > {out}; "
+                                     "sh -c 'grep Cpus_allowed_list /proc/$$/status' >> {out}",
+                            outputs={"out": "file"}))
+        got = []
+        deadline = time.monotonic() + 60
+        while ex.running() and time.monotonic() < deadline:
+            got += ex.poll(1.0)
+        exits = [e for e in got if isinstance(e, ExecExited)]
+        assert len(exits) == 20 and all(e.error is None for e in exits)
+        assert os.sched_getaffinity(0) == cpus  # the spawner's own pin is lifted too
+        for e in exits:
+            lines = ex.repo.read_bytes(e.result["out"]).decode().splitlines()
+            assert len(lines) == 2
+            for line in lines:
+                assert _cpu_list(line.split(":")[1].strip()) == cpus, line
+    finally:
+        ex.close()
+
+
+def _cpu_list(text: str) -> set[int]:
+    out: set[int] = set()
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        out.update(range(int(lo), int(hi or lo) + 1))
+    return out
