@@ -25,6 +25,15 @@ def _slice(pid: str = "thread-self") -> int:
     return int(m.group(1))
 
 
+def _exits(ex: LocalExecutor, timeout: float = 60) -> list[ExecExited]:
+    """The outcomes of every exec put, once all have ended."""
+    got = []
+    deadline = time.monotonic() + timeout
+    while ex.running() and time.monotonic() < deadline:
+        got += ex.poll(1.0)
+    return [e for e in got if isinstance(e, ExecExited)]
+
+
 @pytest.fixture
 def default() -> int:
     if not Path("/proc/thread-self/sched").exists() or "se.slice" not in Path(
@@ -45,11 +54,7 @@ def test_the_spawner_is_short_sliced_and_steps_are_not(tmp_path: Path, default: 
                         template="sleep 0.3; while read -r k rest; do case $k in se.slice) "
                                  "echo \"$rest\";; esac; done < /proc/$$/sched > {out}",
                         outputs={"out": "file"}))
-        got = []
-        deadline = time.monotonic() + 30
-        while ex.running() and time.monotonic() < deadline:
-            got += ex.poll(1.0)
-        (ev,) = got
+        (ev,) = _exits(ex)
         assert ev.error is None, ev
         line = ex.repo.read_bytes(ev.result["out"]).decode()
         assert int(line.split(":")[1]) == default
@@ -71,11 +76,7 @@ def test_steps_and_their_children_may_use_every_cpu(tmp_path: Path) -> None:
                             template="grep Cpus_allowed_list /proc/$$/status > {out}; "
                                      "sh -c 'grep Cpus_allowed_list /proc/$$/status' >> {out}",
                             outputs={"out": "file"}))
-        got = []
-        deadline = time.monotonic() + 60
-        while ex.running() and time.monotonic() < deadline:
-            got += ex.poll(1.0)
-        exits = [e for e in got if isinstance(e, ExecExited)]
+        exits = _exits(ex)
         assert len(exits) == 20 and all(e.error is None for e in exits)
         assert os.sched_getaffinity(0) == cpus  # the spawner's own pin is lifted too
         for e in exits:
