@@ -1,14 +1,16 @@
 """The pure scheduler core: step(state, event, at) -> (state, decisions). A fold over facts.
 
-Imports no clock, no randomness, no I/O: only stdlib heapq/math, attrs, immutables and
-reflowes.events. Everything it decides is a decision event; the shell performs them.
+Imports no clock, no randomness, no I/O: only stdlib heapq/math, attrs, immutables, the core's
+own modules and reflowes.events. Everything it decides is a decision event; the shell performs
+them. Compiled by mypyc at install (setup.py); the same code runs as plain Python.
 
 Theory (the rules of the state machine)
   * Time is `at` of the fact being stepped (never read from a clock); it never goes backwards
     (now = max(now, at)). Facts of kinds the core does not consume, and decisions fed back
     from a log, leave the state untouched and decide nothing.
   * A fact that does not fit (unknown exec, unknown request, duplicate task, ...) raises
-    CoreError; since every structure is persistent, the state given is left as it was.
+    CoreError; since every structure is persistent (rerooting maps, engine/pmap.py), the
+    state given is left as it was.
   * Each fact is handled in four phases: (1) idle allocs whose idle time has passed at `now`
     are released; (2) the fact is applied; (3) pending tasks are placed; (4) allocs are
     requested for what is left.

@@ -1,8 +1,8 @@
 """One step of the scheduler core in progress: record updates, placement, requests, expiry.
 
 Works on references to persistent structures and builds the next SchedulerState at the end, so
-an exception half-way leaves the given state as it was. Pure: imports only stdlib heapq,
-immutables-backed records and reflowes.events (no clock, no randomness, no I/O).
+an exception half-way leaves the given state as it was. Pure: imports only stdlib heapq, the
+core's records and maps and reflowes.events (no clock, no randomness, no I/O).
 """
 
 from __future__ import annotations
