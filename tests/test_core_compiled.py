@@ -51,3 +51,28 @@ def test_compiled_core_decides_as_the_pure_one() -> None:
     pure_flag, slow = _run(pure=True)
     assert (compiled, pure_flag) == ("True", "False")
     assert fast == slow
+
+
+@pytest.mark.skipif(not COMPILED, reason="the core was built without mypyc")
+def test_a_core_edited_since_its_build_runs_from_its_sources(tmp_path: Path) -> None:
+    """A copy of the built package: compiled as built; once core.py changes, the .py modules."""
+    import shutil
+
+    tree = tmp_path / "reflowes"
+    for src in ("events", "engine"):
+        shutil.copytree(ROOT / src, tree / src, ignore=shutil.ignore_patterns("__pycache__"))
+    (tree / "__init__.py").write_text("")
+    probe = ("from reflowes import engine; from reflowes.engine import core; "
+             f"print(engine.__file__.startswith({str(tree)!r}), engine.COMPILED, "
+             "core.__file__.endswith('.py'))")
+    env = {k: v for k, v in os.environ.items() if k != "REFLOWES_PURE"}
+    env["PYTHONPATH"] = str(tmp_path)
+
+    def run() -> str:
+        return subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, check=True).stdout.strip()
+
+    assert run() == "True True False"
+    with open(tree / "engine" / "core.py", "a") as f:
+        f.write("\n# edited after the build\n")
+    assert run() == "True False True"
