@@ -181,34 +181,31 @@ class LocalExecutor:
         """The exec's private dir: a spare one renamed (a rename allocates nothing; a mkdir
         costs 20-400 us of kernel CPU on a busy ext4), else made, with in/ and out/ if used."""
         d = f"{self.workdir}/{spec.exec_id}"
+        reused = has_out = False
         if self._spare:
             spare, has_out = self._spare.pop()
             try:  # fails if `d` was left non-empty by an earlier controller (handled below)
                 os.rename(spare, d)
+                reused = True
             except OSError:
-                pass
-            else:
-                if spec.inputs:
-                    os.mkdir(f"{d}/in")
-                if spec.outputs and not has_out:
-                    os.mkdir(f"{d}/out")
-                elif has_out and not spec.outputs:
-                    os.rmdir(f"{d}/out")
-                return d
-        try:
-            os.mkdir(d)
-        except FileExistsError:  # left by an earlier controller: its process must not live on
-            kill_marked(spec.exec_id)
+                has_out = False
+        if not reused:
             try:
-                shutil.rmtree(d)
-            except OSError:  # e.g. read-only dirs a step made: set it aside instead
-                os.rename(d, f"{d}.stale-{time.time_ns()}")
-            os.mkdir(d)
+                os.mkdir(d)
+            except FileExistsError:  # left by an earlier controller: its process must not live on
+                kill_marked(spec.exec_id)
+                try:
+                    shutil.rmtree(d)
+                except OSError:  # e.g. read-only dirs a step made: set it aside instead
+                    os.rename(d, f"{d}.stale-{time.time_ns()}")
+                os.mkdir(d)
         # Every mkdir costs (metadata ops are slow on a busy disk): only the dirs needed.
         if spec.inputs:
             os.mkdir(f"{d}/in")
-        if spec.outputs:
+        if spec.outputs and not has_out:
             os.mkdir(f"{d}/out")
+        elif has_out and not spec.outputs:
+            os.rmdir(f"{d}/out")
         return d
 
     def _recycle(self, ex: _Exec) -> None:

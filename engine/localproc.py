@@ -169,17 +169,22 @@ SPAWN_SLICE_NS = 100_000  # the kernel's shortest
 _libc: Any = None
 
 
-def _sched_setattr(pid: int, slice_ns: int, nice: int) -> bool:
+def _c() -> Any:
+    """The C library (loaded once): for the calls the os module does not wrap."""
     global _libc
+    if _libc is None:
+        import ctypes
+
+        _libc = ctypes.CDLL(None, use_errno=True)
+    return _libc
+
+
+def _sched_setattr(pid: int, slice_ns: int, nice: int) -> bool:
     if _SYS_SCHED_SETATTR is None or not sys.platform.startswith("linux"):
         return False
     try:
-        if _libc is None:
-            import ctypes
-
-            _libc = ctypes.CDLL(None, use_errno=True)
         attr = struct.pack(_ATTR, struct.calcsize(_ATTR), 0, 0, nice, 0, slice_ns, 0, 0, 0, 0)
-        return int(_libc.syscall(_SYS_SCHED_SETATTR, pid, attr, 0)) == 0
+        return int(_c().syscall(_SYS_SCHED_SETATTR, pid, attr, 0)) == 0
     except (OSError, AttributeError):
         return False
 
@@ -200,13 +205,8 @@ def default_slice(pid: int, nice: int) -> bool:
 
 def current_cpu() -> int:
     """The CPU the calling thread runs on now (-1 if unknown)."""
-    global _libc
     try:
-        if _libc is None:
-            import ctypes
-
-            _libc = ctypes.CDLL(None, use_errno=True)
-        return int(_libc.sched_getcpu())
+        return int(_c().sched_getcpu())
     except (OSError, AttributeError):
         return -1
 
