@@ -15,16 +15,18 @@ from setuptools import setup
 from setuptools.command.build_ext import build_ext
 
 HERE = Path(__file__).parent
-CORE = ["core", "transition", "schedstate", "placement", "pmap"]  # = engine.CORE_MODULES
 
 
-def digest() -> str:
-    import hashlib
+def _corebuild():  # type: ignore[no-untyped-def]
+    """engine/corebuild.py, loaded by path: the package is not importable while it is built."""
+    import importlib.util
 
-    h = hashlib.sha256()
-    for m in CORE:
-        h.update((HERE / "engine" / f"{m}.py").read_bytes())
-    return h.hexdigest()
+    spec = importlib.util.spec_from_file_location("_reflowes_corebuild",
+                                                  HERE / "engine" / "corebuild.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def core_extensions() -> list:  # type: ignore[type-arg]
@@ -42,13 +44,16 @@ def core_extensions() -> list:  # type: ignore[type-arg]
         shutil.copytree(HERE / src, stage / "reflowes" / src,
                         ignore=shutil.ignore_patterns("__pycache__", "*.so"))
     (stage / "reflowes" / "__init__.py").write_text("")  # the core needs none of the program API
+    build = _corebuild()
     try:
-        exts = mypycify([str(stage / "reflowes" / "engine" / f"{m}.py") for m in CORE],
+        exts = mypycify([str(stage / "reflowes" / "engine" / f"{m}.py")
+                         for m in build.CORE_MODULES],
                         group_name="reflowes.engine.corelib")
     except (Exception, SystemExit) as e:  # noqa: BLE001 (mypyc exits on type errors)
         print(f"reflowes: the core is not compiled ({e!r}); the pure-Python core will run")
         return []
-    (HERE / "engine" / "corelib.digest").write_text(digest() + "\n")
+    (HERE / "engine" / "corelib.digest").write_text(build.core_digest(str(HERE / "engine"))
+                                                    + "\n")
     return exts
 
 

@@ -7,23 +7,14 @@ modules are then loaded from their .py files. COMPILED tells which one runs.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 from importlib.machinery import ModuleSpec
 from importlib.util import spec_from_file_location
 
-CORE_MODULES = ("core", "transition", "schedstate", "placement", "pmap")
+from reflowes.engine.corebuild import CORE_MODULES, core_digest
+
 _HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def core_digest() -> str:
-    """sha256 over the core's sources, in CORE_MODULES order (setup.py records it at build)."""
-    h = hashlib.sha256()
-    for m in CORE_MODULES:
-        with open(os.path.join(_HERE, f"{m}.py"), "rb") as f:
-            h.update(f.read())
-    return h.hexdigest()
 
 
 class _SourceCore:
@@ -42,7 +33,7 @@ def _compiled_core_usable() -> bool:
         return False
     try:
         with open(os.path.join(_HERE, "corelib.digest")) as f:
-            return f.read().strip() == core_digest()
+            return f.read().strip() == core_digest(_HERE)
     except OSError:
         return False
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -56,8 +57,6 @@ def test_compiled_core_decides_as_the_pure_one() -> None:
 @pytest.mark.skipif(not COMPILED, reason="the core was built without mypyc")
 def test_a_core_edited_since_its_build_runs_from_its_sources(tmp_path: Path) -> None:
     """A copy of the built package: compiled as built; once core.py changes, the .py modules."""
-    import shutil
-
     tree = tmp_path / "reflowes"
     for src in ("events", "engine"):
         shutil.copytree(ROOT / src, tree / src, ignore=shutil.ignore_patterns("__pycache__"))
