@@ -41,6 +41,8 @@ __all__ = ["MARKER", "LocalExecutor", "LocalPool"]
 SHELL = "/bin/sh"
 _HASHERS = 2  # threads hashing big outputs
 _INLINE_HASH = 4 << 20  # outputs up to this size are hashed in the loop itself
+# Python ignores these; a step must not inherit that (`yes | head` would print EPIPE errors).
+_SIGDEF = (signal.SIGPIPE, signal.SIGXFSZ)
 _SPARES = 64  # at most this many finished execs' dirs kept for reuse
 # An allocation failing under RLIMIT_AS shows up as an error message, not a signal.
 _OOM_TEXT = re.compile(
@@ -153,7 +155,7 @@ class LocalExecutor:
             os.sched_setaffinity(0, (here,))
         try:
             pid = os.posix_spawn(SHELL, [SHELL, "-c", prologue + cmd], env, setpgroup=0,
-                                 file_actions=self._null_fds)
+                                 file_actions=self._null_fds, setsigdef=_SIGDEF)
         except OSError as e:  # e.g. a command beyond the kernel's argument size limit
             if cgroup is not None and self._mem is not None:
                 self._mem.release(cgroup)

@@ -227,6 +227,16 @@ def test_background_leftovers_die_with_the_step(ex: LocalExecutor) -> None:
     assert gone({"e12"})
 
 
+def test_a_step_gets_the_default_sigpipe_not_pythons_ignore(ex: LocalExecutor) -> None:
+    """Python ignores SIGPIPE; a step must not inherit that: `yes | head` ends quietly (yes is
+    killed by SIGPIPE) instead of `yes` reporting a broken pipe on stderr."""
+    ex.put(spec("pipe", "yes 2> {e} | head -n 1 > {o}", outputs={"o": "file", "e": "file"}))
+    done = run_all(ex)["pipe"]
+    assert isinstance(done, ExecExited) and done.exit_code == 0, done
+    assert ex.repo.read_bytes(done.result["o"]) == b"y\n"
+    assert ex.repo.read_bytes(done.result["e"]) == b""
+
+
 def test_recover_dead_and_live_pids(ex: LocalExecutor, repo: Repository, tmp_path: Path) -> None:
     p = subprocess.Popen(["true"])
     p.wait()
