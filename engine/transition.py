@@ -9,6 +9,13 @@ from __future__ import annotations
 
 import heapq
 
+from reflowes.engine.decisions import (
+    alloc_released,
+    alloc_requested,
+    task_assigned,
+    task_finished,
+    task_requeued,
+)
 from reflowes.engine.placement import Bucket, BucketKey, bucket_key, new_bucket, pack
 from reflowes.engine.schedstate import (
     NO_RESULT,
@@ -25,15 +32,7 @@ from reflowes.engine.schedstate import (
     fits,
     free_size,
 )
-from reflowes.events.model import (
-    AllocReleased,
-    AllocRequested,
-    Event,
-    TaskAssigned,
-    TaskFinished,
-    TaskRequeued,
-    TaskState,
-)
+from reflowes.events.model import Event, TaskState
 from reflowes.events.resources import Resources
 
 # Records are rebuilt with tuple.__new__ from slices of the old one: no Python-level __new__
@@ -190,8 +189,7 @@ class Transition:
         res = result or {}
         self.put_task(t, _new(TaskRecord, t[:7] + (state, t[8], attempts, t[10], t[11] + lost)
                               + t[12:14] + (None, None, error, exit_code, res)))
-        self.out.append(TaskFinished(task_id=t[0], attempt=t[8], ok=ok, result=res,
-                                     error=error, exit_code=exit_code))
+        self.out.append(task_finished(t[0], t[8], ok, res, error, exit_code))
 
     def requeue(self, t: TaskRecord, resources: Resources, reason: str, ended: TaskState,
                 exit_code: int | None = None, *, lost: int = 0, ooms: int = 0,
@@ -206,8 +204,7 @@ class Transition:
         )
         self.put_task(t, new)
         self.enqueue(new)
-        self.out.append(TaskRequeued(task_id=t.task_id, attempt=new.attempt,
-                                     resources=resources, reason=reason))
+        self.out.append(task_requeued(t.task_id, new.attempt, resources, reason))
 
     def release_exec(self, exec_id: str, free_alloc: bool) -> TaskRecord:
         """Forget an exec (its attempt is over) and give its resources back to its alloc."""
@@ -271,8 +268,7 @@ class Transition:
         self.put_task(t, _new(TaskRecord, t[:7] + (_ASSIGNED, attempt, attempts) + t[10:14]
                               + (alloc_id, exec_id, None, None, NO_RESULT)))
         self.execs = self.execs.set(exec_id, _new(ExecSlot, (task_id, alloc_id, attempt, r)))
-        self.out.append(TaskAssigned(task_id=task_id, alloc_id=alloc_id, attempt=attempt,
-                                     exec_id=exec_id, resources=r))
+        self.out.append(task_assigned(task_id, alloc_id, attempt, exec_id, r))
         return free
 
     def place(self) -> None:
@@ -381,7 +377,7 @@ class Transition:
                 self.put_bucket(key, old, old.cover(n))
             self.requests = self.requests.set(
                 rid, RequestRecord(rid, want, minimum, bn.counts, self.now))
-            self.out.append(AllocRequested(request_id=rid, resources=want, minimum=minimum))
+            self.out.append(alloc_requested(rid, want, minimum))
 
     def drained(self) -> bool:
         assert self.config is not None
@@ -405,4 +401,4 @@ class Transition:
         for a in due:
             self.drop_alloc(self.allocs[a])
             self.gone = self.gone.set(a, "released")
-            self.out.append(AllocReleased(alloc_id=a, reason="idle"))
+            self.out.append(alloc_released(a, "idle"))
