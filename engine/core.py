@@ -103,7 +103,6 @@ DECISION_KINDS: frozenset[str] = frozenset(
      AllocReleased.kind}
 )
 TEMPORARY_EXIT = 75
-_new = tuple.__new__
 
 
 class CoreError(ReflowesError, ValueError):
@@ -159,7 +158,7 @@ def _submitted(tx: Transition, ev: TaskSubmitted) -> None:
     if r.is_negative():
         raise CoreError(ev.kind, f"task {ev.task_id!r} asks for negative resources ({r})")
     t = TaskRecord(ev.task_id, ev.run_id, ev.key, ev.ident, ev.priority, r, r,
-                   TaskState.PENDING, 1, (AttemptRecord(1, r, TaskState.PENDING),), tx.now)
+                   TaskState.PENDING, 1, (), AttemptRecord(1, r, TaskState.PENDING), tx.now)
     tx.put_task(None, t)
     tx.last_submit_at = tx.now
     if not r.fits_in(cfg.max_alloc):
@@ -181,8 +180,9 @@ def _granted(tx: Transition, ev: AllocGranted) -> None:
         b = tx.buckets.get(key)
         if b is not None:
             tx.put_bucket(key, b, b.cover(-n))
-    rec = AllocRecord(ev.alloc_id, ev.request_id, ev.resources, as_free(ev.resources),
-                      frozenset(), tx.now, tx.now)
+    r = ev.resources
+    rec = AllocRecord(ev.alloc_id, ev.request_id, r, r.cpu, r.mem, r.disk, r.gpu, frozenset(),
+                      tx.now, tx.now)
     tx.put_alloc(None, rec)
     tx.grown.add(ev.alloc_id)
 
@@ -205,10 +205,10 @@ def _started(tx: Transition, ev: ExecStarted) -> None:
     t = tx.tasks[ev.task_id]
     if t.state == TaskState.RUNNING:
         return  # re-attached after a restart: already known to run
-    attempts = t[9]  # records rebuilt from slices: see schedstate for the field order
-    attempts = attempts[:-1] + (_new(AttemptRecord, attempts[-1][:2] + (TaskState.RUNNING,)
-                                     + attempts[-1][3:]),)
-    tx.put_task(t, _new(TaskRecord, t[:7] + (TaskState.RUNNING, t[8], attempts) + t[10:]))
+    c = t.current
+    tx.put_task(t, t.moved(TaskState.RUNNING, AttemptRecord(
+        c.attempt, c.resources, TaskState.RUNNING, c.alloc_id, c.exec_id, c.reason, c.exit_code),
+        t.alloc_id, t.exec_id, t.error, t.exit_code, t.result))
 
 
 def _exited(tx: Transition, ev: ExecExited) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import attrs
 from reflowes.events.resources import Resources
@@ -133,11 +133,10 @@ def _delete(chunks: list[tuple[Any, ...]], maxes: list[Any], item: Any) -> None:
         maxes[i] = chunk[-1]
 
 
-_new = tuple.__new__  # builds a NamedTuple without its Python-level __new__ (fields in order)
 _COMPACT = 4096  # a bucket's list drops its served prefix once that many are served (and half)
 
 
-class Bucket(NamedTuple):
+class Bucket:
     """Pending tasks of one (priority, shape), first in first out; `covered` of them are
     expected to be served by outstanding alloc requests.
 
@@ -147,14 +146,19 @@ class Bucket(NamedTuple):
     is a value, and push/pop cost O(1) instead of a persistent-map update.
     """
 
-    priority: int
-    shape: Resources
-    weight: float  # shape.size()
-    need: tuple[float, int, int, int]  # shape as a plain tuple, for fit tests
-    items: list[tuple[int, str]]  # (enqueue seq, task id); this version's are [head:tail]
-    head: int = 0
-    tail: int = 0
-    covered: int = 0
+    __slots__ = ("covered", "head", "items", "need", "priority", "shape", "tail", "weight")
+
+    def __init__(self, priority: int, shape: Resources, weight: float,
+                 need: tuple[float, int, int, int], items: list[tuple[int, str]], head: int = 0,
+                 tail: int = 0, covered: int = 0) -> None:
+        self.priority = priority
+        self.shape = shape
+        self.weight = weight  # shape.size()
+        self.need = need  # shape as a plain tuple, for fit tests
+        self.items = items  # (enqueue seq, task id); this version's are [head:tail]
+        self.head = head
+        self.tail = tail
+        self.covered = covered
 
     @property
     def waiting(self) -> int:
@@ -172,20 +176,26 @@ class Bucket(NamedTuple):
         if len(items) != tail:
             items = items[:tail]  # a later version appended to the shared list: fork it
         items.append((seq, task_id))
-        return _new(Bucket, (self[0], self[1], self[2], self[3], items, self[5], tail + 1,
-                             self[7]))
+        return Bucket(self.priority, self.shape, self.weight, self.need, items, self.head,
+                      tail + 1, self.covered)
 
     def pop(self) -> Bucket:
         head, tail, items = self.head + 1, self.tail, self.items
         if head >= _COMPACT and 2 * head >= tail:
             items, head, tail = items[head:tail], 0, tail - head
-        return _new(Bucket, (self[0], self[1], self[2], self[3], items, head, tail, self[7]))
+        return Bucket(self.priority, self.shape, self.weight, self.need, items, head, tail,
+                      self.covered)
 
     def cover(self, n: int) -> Bucket:
-        return self._replace(covered=max(0, self.covered + n))
+        return Bucket(self.priority, self.shape, self.weight, self.need, self.items, self.head,
+                      self.tail, max(0, self.covered + n))
 
     def task_ids(self) -> list[str]:
         return [tid for _, tid in self.items[self.head:self.tail]]
+
+    def __repr__(self) -> str:
+        return (f"Bucket(priority={self.priority!r}, shape={self.shape!r}, head={self.head!r}, "
+                f"tail={self.tail!r}, covered={self.covered!r})")
 
 
 def bucket_key(priority: int, r: Resources) -> BucketKey:

@@ -30,14 +30,12 @@ from reflowes.engine.schedstate import (
     SchedulerState,
     TaskRecord,
     fits,
+    fits_alloc,
     free_size,
 )
 from reflowes.events.model import Event, TaskState
 from reflowes.events.resources import Resources
 
-# Records are rebuilt with tuple.__new__ from slices of the old one: no Python-level __new__
-# frame and no attribute load per unchanged field (see schedstate for the field order).
-_new = tuple.__new__
 _ASSIGNED = TaskState.ASSIGNED
 
 
@@ -74,11 +72,11 @@ class Transition:
     def build(self) -> SchedulerState:
         if self.dirty:
             self.flush()
-        return _new(SchedulerState, (
+        return SchedulerState(
             self.config, self.now, self.tasks, self.allocs, self.gone, self.execs,
             self.requests, self.buckets, self.by_free, self.idle, self.counts, self.pending,
             self.next_seq, self.next_request, self.last_submit_at, self.uncovered, self.order,
-        ))
+        )
 
     # -------------------------------------------------------------- records
 
@@ -109,8 +107,8 @@ class Transition:
         """Bring by_free and idle up to date with the allocs changed since the last flush."""
         for a, was in self.dirty.items():
             now = self.allocs.get(a)
-            old_free = None if was is None else (free_size(was.free), a)
-            new_free = None if now is None else (free_size(now.free), a)
+            old_free = None if was is None else (was.free_size(), a)
+            new_free = None if now is None else (now.free_size(), a)
             if old_free != new_free:
                 if old_free is None:
                     self.by_free = self.by_free.add(new_free)
@@ -176,31 +174,31 @@ class Transition:
     # -------------------------------------------------------------- attempts
 
     def end_attempt(self, t: TaskRecord, state: TaskState, reason: str | None,
-                    exit_code: int | None = None) -> tuple[AttemptRecord, ...]:
-        attempts = t[9]
-        return attempts[:-1] + (_new(AttemptRecord, attempts[-1][:2] + (state,) + attempts[-1][3:5]
-                                     + (reason, exit_code)),)
+                    exit_code: int | None = None) -> AttemptRecord:
+        """The task's current attempt, ended."""
+        c = t.current
+        return AttemptRecord(c.attempt, c.resources, state, c.alloc_id, c.exec_id, reason,
+                             exit_code)
 
     def finish(self, t: TaskRecord, ok: bool, *, error: str | None = None,
                exit_code: int | None = None, result: dict | None = None,  # type: ignore[type-arg]
                lost: bool = False) -> None:
         state = TaskState.DONE if ok else TaskState.FAILED
-        attempts = self.end_attempt(t, TaskState.LOST if lost else state, error, exit_code)
+        ended = self.end_attempt(t, TaskState.LOST if lost else state, error, exit_code)
         res = result or {}
-        self.put_task(t, _new(TaskRecord, t[:7] + (state, t[8], attempts, t[10], t[11] + lost)
-                              + t[12:14] + (None, None, error, exit_code, res)))
-        self.out.append(task_finished(t[0], t[8], ok, res, error, exit_code))
+        self.put_task(t, t.moved(state, ended, None, None, error, exit_code, res,
+                                 1 if lost else 0))
+        self.out.append(task_finished(t.task_id, t.attempt, ok, res, error, exit_code))
 
     def requeue(self, t: TaskRecord, resources: Resources, reason: str, ended: TaskState,
                 exit_code: int | None = None, *, lost: int = 0, ooms: int = 0,
                 temps: int = 0) -> None:
-        attempts = self.end_attempt(t, ended, reason, exit_code) + (
-            AttemptRecord(t.attempt + 1, resources, TaskState.PENDING),
-        )
+        past = t.past + (self.end_attempt(t, ended, reason, exit_code),)
+        attempt = t.attempt + 1
         new = TaskRecord(
             t.task_id, t.run_id, t.key, t.ident, t.priority, t.declared, resources,
-            TaskState.PENDING, t.attempt + 1, attempts, t.submitted_at, t.lost + lost,
-            t.ooms + ooms, t.temps + temps,
+            TaskState.PENDING, attempt, past, AttemptRecord(attempt, resources, TaskState.PENDING),
+            t.submitted_at, t.lost + lost, t.ooms + ooms, t.temps + temps,
         )
         self.put_task(t, new)
         self.enqueue(new)
@@ -211,13 +209,14 @@ class Transition:
         slot = self.execs[exec_id]
         self.execs = self.execs.delete(exec_id)
         if free_alloc:
-            a = self.allocs[slot[1]]
-            execs = a[4] - {exec_id}
-            f, r = a[3], slot[3]
-            free = (round(f[0] + r.cpu, 6), f[1] + r.mem, f[2] + r.disk, f[3] + r.gpu)
-            self.put_alloc(a, _new(AllocRecord, a[:3] + (free, execs, a[5],
-                                                         None if execs else self.now)))
-            self.grown.add(a[0])
+            a = self.allocs[slot.alloc_id]
+            execs = a.execs - {exec_id}
+            r = slot.resources
+            self.put_alloc(a, AllocRecord(
+                a.alloc_id, a.request_id, a.resources, round(a.free_cpu + r.cpu, 6),
+                a.free_mem + r.mem, a.free_disk + r.disk, a.free_gpu + r.gpu, execs,
+                a.granted_at, None if execs else self.now))
+            self.grown.add(a.alloc_id)
         return self.tasks[slot.task_id]
 
     def lose(self, exec_id: str, reason: str, free_alloc: bool) -> None:
@@ -236,40 +235,40 @@ class Transition:
             if len(among) == 1:  # the usual case: the alloc of the exec that ended
                 (a,) = among
                 rec = self.allocs.get(a)
-                return a if rec is not None and fits(need, rec.free) else None
+                return a if rec is not None and fits_alloc(need, rec) else None
             best = None
             for a in among:
                 rec = self.allocs.get(a)
-                if rec is not None and fits(need, rec.free):
-                    k = (free_size(rec.free), a)
+                if rec is not None and fits_alloc(need, rec):
+                    k = (rec.free_size(), a)
                     if best is None or k < best:
                         best = k
             return None if best is None else best[1]
         self.flush()
         allocs = self.allocs
         for _, a in self.by_free.irange((weight - 1e-9, "")):
-            if fits(need, allocs[a].free):
+            if fits_alloc(need, allocs[a]):
                 return str(a)
         return None
 
     def assign(self, t: TaskRecord, alloc_id: str) -> Free:
         """Decide that `t` runs on the alloc; returns the alloc's free room after it."""
         a = self.allocs[alloc_id]
-        task_id, r, attempt = t[0], t[6], t[8]
+        task_id, r, attempt = t.task_id, t.resources, t.attempt
         exec_id = f"{task_id}.{attempt}"
-        f = a[3]
-        free = (round(f[0] - r.cpu, 6), f[1] - r.mem, f[2] - r.disk, f[3] - r.gpu)
-        if free[0] < -1e-9 or free[1] < 0 or free[2] < 0 or free[3] < 0:
+        c, m, d, g = (round(a.free_cpu - r.cpu, 6), a.free_mem - r.mem, a.free_disk - r.disk,
+                      a.free_gpu - r.gpu)
+        if c < -1e-9 or m < 0 or d < 0 or g < 0:
             raise AssertionError(f"over-commit of {alloc_id}")  # a bug, never a bad fact
-        self.put_alloc(a, _new(AllocRecord, a[:3] + (free, a[4] | {exec_id}, a[5], None)))
-        attempts = t[9]
-        attempts = attempts[:-1] + (_new(AttemptRecord, attempts[-1][:2] + (
-            _ASSIGNED, alloc_id, exec_id, None, None)),)
-        self.put_task(t, _new(TaskRecord, t[:7] + (_ASSIGNED, attempt, attempts) + t[10:14]
-                              + (alloc_id, exec_id, None, None, NO_RESULT)))
-        self.execs = self.execs.set(exec_id, _new(ExecSlot, (task_id, alloc_id, attempt, r)))
+        self.put_alloc(a, AllocRecord(alloc_id, a.request_id, a.resources, c, m, d, g,
+                                      a.execs | {exec_id}, a.granted_at, None))
+        cur = t.current
+        self.put_task(t, t.moved(_ASSIGNED, AttemptRecord(cur.attempt, cur.resources, _ASSIGNED,
+                                                          alloc_id, exec_id), alloc_id, exec_id,
+                                 None, None, NO_RESULT))
+        self.execs = self.execs.set(exec_id, ExecSlot(task_id, alloc_id, attempt, r))
         self.out.append(task_assigned(task_id, alloc_id, attempt, exec_id, r))
-        return free
+        return (c, m, d, g)
 
     def place(self) -> None:
         """Assign pending tasks in (priority, size, seq) order while any fits somewhere (step
@@ -317,7 +316,8 @@ class Transition:
         different shapes go by head seq.
         """
         groups, lows, _ = self.bucket_order()
-        c, m, d, g = self.allocs[alloc_id].free
+        a = self.allocs[alloc_id]
+        c, m, d, g = a.free_cpu, a.free_mem, a.free_disk, a.free_gpu
         for group, (lc, lm, ld, lg) in zip(groups, lows):  # same length
             if c + 1e-9 < lc or m < lm or d < ld or g < lg:
                 return

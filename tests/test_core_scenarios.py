@@ -373,29 +373,42 @@ def test_decisions_do_not_depend_on_string_hashing() -> None:
     assert n > 600  # assignments, finishes, requeues, requests were all made
 
 
-def test_record_field_order_is_pinned() -> None:
-    """The core rebuilds records from slices by position: a reordered field must fail here."""
+def test_records_are_values_with_their_fields() -> None:
+    """Records are built positionally (native classes when compiled): each keeps exactly the
+    fields it was given, and the view lists a task's fields in their documented order."""
     from reflowes.engine.placement import Bucket
     from reflowes.engine.schedstate import (
+        NO_RESULT,
+        TASK_FIELDS,
         AllocRecord,
         AttemptRecord,
         ExecSlot,
         SchedulerState,
         TaskRecord,
+        free_size,
     )
 
-    assert TaskRecord._fields == (
-        "task_id", "run_id", "key", "ident", "priority", "declared", "resources", "state",
-        "attempt", "attempts", "submitted_at", "lost", "ooms", "temps", "alloc_id", "exec_id",
-        "error", "exit_code", "result")
-    assert AttemptRecord._fields == (
-        "attempt", "resources", "state", "alloc_id", "exec_id", "reason", "exit_code")
-    assert AllocRecord._fields == (
-        "alloc_id", "request_id", "resources", "free", "execs", "granted_at", "idle_since")
-    assert ExecSlot._fields == ("task_id", "alloc_id", "attempt", "resources")
-    assert Bucket._fields == (
-        "priority", "shape", "weight", "need", "items", "head", "tail", "covered")
-    assert SchedulerState._fields == (
-        "config", "now", "tasks", "allocs", "gone", "execs", "requests", "buckets", "by_free",
-        "idle", "counts", "pending", "next_seq", "next_request", "last_submit_at", "uncovered",
-        "order")
+    r, r2 = Resources(1, GiB), Resources(2, 3 * GiB, 4, 1)
+    first = AttemptRecord(1, r, TaskState.LOST, "a1", "t.1", "lost: x", None)
+    cur = AttemptRecord(2, r2, TaskState.ASSIGNED, "a2", "t.2")
+    t = TaskRecord("t", "run", "k", "id", 3, r, r2, TaskState.ASSIGNED, 2, (first,), cur, 1.5,
+                   1, 0, 0, "a2", "t.2", None, None)
+    assert [getattr(t, f) for f in TASK_FIELDS] == [
+        "t", "run", "k", "id", 3, r, r2, TaskState.ASSIGNED, 2, (first, cur), 1.5, 1, 0, 0,
+        "a2", "t.2", None, None, NO_RESULT]
+    assert [(x.attempt, x.resources, x.state, x.alloc_id, x.exec_id, x.reason, x.exit_code)
+            for x in t.attempts] == [(1, r, TaskState.LOST, "a1", "t.1", "lost: x", None),
+                                     (2, r2, TaskState.ASSIGNED, "a2", "t.2", None, None)]
+    moved = t.moved(TaskState.DONE, cur, None, None, None, 0, {"o": None}, 1)  # type: ignore[dict-item]
+    assert (moved.state, moved.lost, moved.result, moved.past, t.state, t.lost) == (
+        TaskState.DONE, 2, {"o": None}, (first,), TaskState.ASSIGNED, 1)
+    a = AllocRecord("a", "r1", r2, 1.5, 2, 3, 0, frozenset({"x"}), 2.0, None)
+    assert (a.free, a.free_size(), a.execs, a.granted_at, a.idle_since) == (
+        (1.5, 2, 3, 0), free_size((1.5, 2, 3, 0)), frozenset({"x"}), 2.0, None)
+    s = ExecSlot("t", "a", 2, r)
+    assert (s.task_id, s.alloc_id, s.attempt, s.resources) == ("t", "a", 2, r)
+    b = Bucket(0, r, r.size(), (1.0, GiB, 0, 0), [], 0, 0, 0).push(7, "t").cover(1)
+    assert (b.peek(), b.waiting, b.uncovered, b.covered) == ((7, "t"), 1, 0, 1)
+    st = SchedulerState()
+    assert (st.config, st.now, st.pending, st.next_request, st.order, len(st.tasks)) == (
+        None, 0.0, 0, 1, None, 0)
