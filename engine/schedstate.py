@@ -53,15 +53,18 @@ def _repr(obj: Any, names: tuple[str, ...]) -> str:
 
 
 class ExecSlot:
-    """An assigned-but-unfinished attempt: what the shell must have running."""
+    """An assigned-but-unfinished attempt: what the shell must have running (`need`: its
+    resources as plain numbers, for the alloc's arithmetic)."""
 
-    __slots__ = ("alloc_id", "attempt", "resources", "task_id")
+    __slots__ = ("alloc_id", "attempt", "need", "resources", "task_id")
 
-    def __init__(self, task_id: str, alloc_id: str, attempt: int, resources: Resources) -> None:
+    def __init__(self, task_id: str, alloc_id: str, attempt: int, resources: Resources,
+                 need: Free) -> None:
         self.task_id = task_id
         self.alloc_id = alloc_id
         self.attempt = attempt
         self.resources = resources
+        self.need = need
 
     def __repr__(self) -> str:
         return _repr(self, ("task_id", "alloc_id", "attempt", "resources"))

@@ -211,10 +211,10 @@ class Transition:
         if free_alloc:
             a = self.allocs[slot.alloc_id]
             execs = a.execs - {exec_id}
-            r = slot.resources
+            r = slot.need
             self.put_alloc(a, AllocRecord(
-                a.alloc_id, a.request_id, a.resources, round(a.free_cpu + r.cpu, 6),
-                a.free_mem + r.mem, a.free_disk + r.disk, a.free_gpu + r.gpu, execs,
+                a.alloc_id, a.request_id, a.resources, round(a.free_cpu + r[0], 6),
+                a.free_mem + r[1], a.free_disk + r[2], a.free_gpu + r[3], execs,
                 a.granted_at, None if execs else self.now))
             self.grown.add(a.alloc_id)
         return self.tasks[slot.task_id]
@@ -251,13 +251,14 @@ class Transition:
                 return str(a)
         return None
 
-    def assign(self, t: TaskRecord, alloc_id: str) -> Free:
-        """Decide that `t` runs on the alloc; returns the alloc's free room after it."""
+    def assign(self, t: TaskRecord, alloc_id: str, need: Free) -> Free:
+        """Decide that `t` (whose resources are `need`) runs on the alloc; returns the alloc's
+        free room after it."""
         a = self.allocs[alloc_id]
         task_id, r, attempt = t.task_id, t.resources, t.attempt
         exec_id = f"{task_id}.{attempt}"
-        c, m, d, g = (round(a.free_cpu - r.cpu, 6), a.free_mem - r.mem, a.free_disk - r.disk,
-                      a.free_gpu - r.gpu)
+        c, m, d, g = (round(a.free_cpu - need[0], 6), a.free_mem - need[1],
+                      a.free_disk - need[2], a.free_gpu - need[3])
         if c < -1e-9 or m < 0 or d < 0 or g < 0:
             raise AssertionError(f"over-commit of {alloc_id}")  # a bug, never a bad fact
         self.put_alloc(a, AllocRecord(alloc_id, a.request_id, a.resources, c, m, d, g,
@@ -266,7 +267,7 @@ class Transition:
         self.put_task(t, t.moved(_ASSIGNED, AttemptRecord(cur.attempt, cur.resources, _ASSIGNED,
                                                           alloc_id, exec_id), alloc_id, exec_id,
                                  None, None, NO_RESULT))
-        self.execs = self.execs.set(exec_id, ExecSlot(task_id, alloc_id, attempt, r))
+        self.execs = self.execs.set(exec_id, ExecSlot(task_id, alloc_id, attempt, r, need))
         self.out.append(task_assigned(task_id, alloc_id, attempt, exec_id, r))
         return (c, m, d, g)
 
@@ -348,7 +349,7 @@ class Transition:
         self.pending -= 1
         left = b.tail > b.head
         self.put_bucket(key, old, b if left else None)
-        return left, self.assign(self.tasks[tid], alloc_id)
+        return left, self.assign(self.tasks[tid], alloc_id, old.need)
 
     def request(self) -> None:
         """Ask for allocs sized to the uncovered leftovers, once the drain time has passed

@@ -405,8 +405,9 @@ def test_records_are_values_with_their_fields() -> None:
     a = AllocRecord("a", "r1", r2, 1.5, 2, 3, 0, frozenset({"x"}), 2.0, None)
     assert (a.free, a.free_size(), a.execs, a.granted_at, a.idle_since) == (
         (1.5, 2, 3, 0), free_size((1.5, 2, 3, 0)), frozenset({"x"}), 2.0, None)
-    s = ExecSlot("t", "a", 2, r)
-    assert (s.task_id, s.alloc_id, s.attempt, s.resources) == ("t", "a", 2, r)
+    s = ExecSlot("t", "a", 2, r, (1.0, GiB, 0, 0))
+    assert (s.task_id, s.alloc_id, s.attempt, s.resources, s.need) == (
+        "t", "a", 2, r, (1.0, GiB, 0, 0))
     b = Bucket(0, r, r.size(), (1.0, GiB, 0, 0), [], 0, 0, 0).push(7, "t").cover(1)
     assert (b.peek(), b.waiting, b.uncovered, b.covered) == ((7, "t"), 1, 0, 1)
     st = SchedulerState()
