@@ -311,8 +311,9 @@ def deadline(state: SchedulerState) -> float | None:
     if cfg is None:
         return None
     times = []
-    if state.idle:
-        times.append(state.idle.first()[0] + cfg.max_alloc_idle)
+    first = state.idle.first()
+    if first is not None:
+        times.append(first[0] + cfg.max_alloc_idle)
     last = state.last_submit_at
     if (last is not None and state.now < last + cfg.drain_timeout
             and len(state.requests) < cfg.max_pending_allocs

@@ -29,6 +29,11 @@ def free_size(f: Free) -> float:
     return f[0] + f[1] / (8 * GiB) + f[3] * 8 + f[2] / (1 << 40)
 
 
+def cpu_round(x: float) -> float:
+    """round(x, 6): the call is skipped when x is integral (it would return x), as it mostly is."""
+    return x if x == int(x) else round(x, 6)
+
+
 def fits_alloc(need: Free, a: AllocRecord) -> bool:
     """fits(need, a.free), no tuple built."""
     return (need[0] <= a.free_cpu + 1e-9 and need[1] <= a.free_mem and need[2] <= a.free_disk
@@ -210,11 +215,12 @@ STATES: tuple[TaskState, ...] = tuple(TaskState)
 STATE_INDEX: dict[TaskState, int] = {s: i for i, s in enumerate(STATES)}
 _ZERO_COUNTS: tuple[int, ...] = (0,) * len(STATES)
 
-# Bucket keys in placement order: groups of equal (priority, size), in (priority, size) order;
-# per group, the least of each resource over it and every later group (a room below it fits no
-# key from there on); and the keys listed. Derived from `buckets`: it may still list keys of
+# Bucket keys (each with its shape as a Free) in placement order: groups of equal (priority,
+# size), in (priority, size) order; per group, the least of each resource over it and every
+# later group (a room below it fits no key from there on); and the keys listed. Derived from `buckets`: it may still list keys of
 # buckets emptied since it was built, never lacks a live one.
-BucketOrder = tuple[tuple[tuple[BucketKey, ...], ...], tuple[Bound, ...], frozenset[BucketKey]]
+BucketOrder = tuple[tuple[tuple[tuple[BucketKey, Free], ...], ...], tuple[Bound, ...],
+                    frozenset[BucketKey]]
 
 
 class SchedulerState:

@@ -29,6 +29,7 @@ from reflowes.engine.schedstate import (
     RequestRecord,
     SchedulerState,
     TaskRecord,
+    cpu_round,
     fits,
     fits_alloc,
     free_size,
@@ -107,15 +108,15 @@ class Transition:
         """Bring by_free and idle up to date with the allocs changed since the last flush."""
         for a, was in self.dirty.items():
             now = self.allocs.get(a)
-            old_free = None if was is None else (was.free_size(), a)
-            new_free = None if now is None else (now.free_size(), a)
-            if old_free != new_free:
-                if old_free is None:
-                    self.by_free = self.by_free.add(new_free)
-                elif new_free is None:
-                    self.by_free = self.by_free.remove(old_free)
-                else:
-                    self.by_free = self.by_free.replace(old_free, new_free)
+            if was is None:
+                if now is not None:
+                    self.by_free = self.by_free.add((now.free_size(), a))
+            elif now is None:
+                self.by_free = self.by_free.remove((was.free_size(), a))
+            else:
+                old_size, new_size = was.free_size(), now.free_size()
+                if old_size != new_size:
+                    self.by_free = self.by_free.replace((old_size, a), (new_size, a))
             old_idle = None if was is None or was.idle_since is None else (was.idle_since, a)
             new_idle = None if now is None or now.idle_since is None else (now.idle_since, a)
             if old_idle != new_idle:
@@ -144,19 +145,20 @@ class Transition:
                 (k[0], free_size(k[1:]), k)
                 for k in self.buckets.keys()  # noqa: SIM118 (a Map, not a dict)
             )
-            groups: list[tuple[BucketKey, ...]] = []
+            groups: list[tuple[tuple[BucketKey, Free], ...]] = []
             last = None
             for pr, w, k in ks:
+                entry = (k, (k[1], k[2], k[3], k[4]))
                 if (pr, w) == last:
-                    groups[-1] += (k,)
+                    groups[-1] += (entry,)
                 else:
-                    groups.append((k,))
+                    groups.append((entry,))
                     last = (pr, w)
             lows: list[Bound] = []
             c, m, d, g = float("inf"), float("inf"), float("inf"), float("inf")
             for group in reversed(groups):
-                for k in group:
-                    c, m, d, g = min(c, k[1]), min(m, k[2]), min(d, k[3]), min(g, k[4])
+                for _, n in group:
+                    c, m, d, g = min(c, n[0]), min(m, n[1]), min(d, n[2]), min(g, n[3])
                 lows.append((c, m, d, g))
             lows.reverse()
             self.order = (tuple(groups), tuple(lows), frozenset(k for _, _, k in ks))
@@ -213,7 +215,7 @@ class Transition:
             execs = a.execs - {exec_id}
             r = slot.need
             self.put_alloc(a, AllocRecord(
-                a.alloc_id, a.request_id, a.resources, round(a.free_cpu + r[0], 6),
+                a.alloc_id, a.request_id, a.resources, cpu_round(a.free_cpu + r[0]),
                 a.free_mem + r[1], a.free_disk + r[2], a.free_gpu + r[3], execs,
                 a.granted_at, None if execs else self.now))
             self.grown.add(a.alloc_id)
@@ -257,7 +259,7 @@ class Transition:
         a = self.allocs[alloc_id]
         task_id, r, attempt = t.task_id, t.resources, t.attempt
         exec_id = f"{task_id}.{attempt}"
-        c, m, d, g = (round(a.free_cpu - need[0], 6), a.free_mem - need[1],
+        c, m, d, g = (cpu_round(a.free_cpu - need[0]), a.free_mem - need[1],
                       a.free_disk - need[2], a.free_gpu - need[3])
         if c < -1e-9 or m < 0 or d < 0 or g < 0:
             raise AssertionError(f"over-commit of {alloc_id}")  # a bug, never a bad fact
@@ -323,22 +325,21 @@ class Transition:
             if c + 1e-9 < lc or m < lm or d < ld or g < lg:
                 return
             if len(group) == 1:
-                k = group[0]
+                k, n = group[0]
                 # The fit first: most shapes do not fit the room, and the test is cheaper than
                 # looking the bucket up (it may have been emptied since the order was built).
-                while (k[1] <= c + 1e-9 and k[2] <= m and k[3] <= d and k[4] <= g
+                while (n[0] <= c + 1e-9 and n[1] <= m and n[2] <= d and n[3] <= g
                        and k in self.buckets):
                     c, m, d, g = self.take(k, alloc_id)[1]
             else:
                 buckets = self.buckets
-                fit = [k for k in group if k in buckets
-                       and k[1] <= c + 1e-9 and k[2] <= m and k[3] <= d and k[4] <= g]
+                fit = [e for e in group if e[0] in buckets and fits(e[1], (c, m, d, g))]
                 while fit:
                     buckets = self.buckets
-                    k = fit[0] if len(fit) == 1 else min(fit, key=lambda k: buckets[k].peek()[0])
+                    k = fit[0][0] if len(fit) == 1 else min(
+                        fit, key=lambda e: buckets[e[0]].peek()[0])[0]
                     left, (c, m, d, g) = self.take(k, alloc_id)
-                    fit = [f for f in fit if (left or f != k)
-                           and f[1] <= c + 1e-9 and f[2] <= m and f[3] <= d and f[4] <= g]
+                    fit = [e for e in fit if (left or e[0] != k) and fits(e[1], (c, m, d, g))]
 
     def take(self, key: BucketKey, alloc_id: str) -> tuple[bool, Free]:
         """Assign the head of a bucket to an alloc: whether the bucket still has tasks, and
