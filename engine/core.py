@@ -155,13 +155,14 @@ def _submitted(tx: Transition, ev: TaskSubmitted) -> None:
     if ev.task_id in tx.tasks:
         raise CoreError(ev.kind, f"task {ev.task_id!r} submitted twice")
     r = ev.resources
-    if r.is_negative():
+    need = as_free(r)  # Resources' own methods would each run a Python frame
+    if need[0] < -1e-9 or need[1] < 0 or need[2] < 0 or need[3] < 0:  # r.is_negative()
         raise CoreError(ev.kind, f"task {ev.task_id!r} asks for negative resources ({r})")
     t = TaskRecord(ev.task_id, ev.run_id, ev.key, ev.ident, ev.priority, r, r,
                    TaskState.PENDING, 1, (), AttemptRecord(1, r, TaskState.PENDING), tx.now)
     tx.put_task(None, t)
     tx.last_submit_at = tx.now
-    if not r.fits_in(cfg.max_alloc):
+    if not fits(need, as_free(cfg.max_alloc)):  # r.fits_in(cfg.max_alloc)
         tx.finish(t, False, error=f"task needs {r} but the largest alloc is {cfg.max_alloc}")
     else:
         tx.enqueue(t)

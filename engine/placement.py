@@ -19,7 +19,9 @@ _LOAD = 64  # chunk length of SortedIndex: an update copies one chunk and the ch
 # type unboxed and builds a new tuple (and new numbers) each time one is used as a dict key.
 BucketKey = tuple[Any, ...]
 Need = tuple[float, int, int, int]  # (cpu, mem, disk, gpu) as plain numbers
-Pair = tuple[float, str]  # an item of a SortedIndex: (free size or idle since, alloc id)
+# An item of a SortedIndex: (free size or idle since, alloc id); loosely typed like BucketKey,
+# so that the same tuple is stored, listed and compared, never rebuilt.
+Pair = tuple[Any, ...]
 
 
 class SortedIndex:
@@ -109,12 +111,12 @@ class SortedIndex:
 def _bisect(seq: list[Pair], item: Pair) -> int:
     """bisect_left of `item` in the sorted `seq`."""
     lo, hi = 0, len(seq)
-    x, name = item
+    x: float = item[0]
     while lo < hi:
         mid = (lo + hi) // 2
         k = seq[mid]
-        y = k[0]
-        if y < x or (y == x and k[1] < name):
+        y: float = k[0]
+        if y < x or (y == x and k[1] < item[1]):
             lo = mid + 1
         else:
             hi = mid
@@ -149,7 +151,9 @@ def _find(chunks: list[list[Pair]], maxes: list[Pair], item: Pair) -> tuple[int,
     j = _bisect(chunk, item)
     if j < len(chunk):
         k = chunk[j]
-        if k[0] == item[0] and k[1] == item[1]:
+        x: float = k[0]
+        y: float = item[0]
+        if x == y and k[1] == item[1]:
             return (i, j)
     return None
 
