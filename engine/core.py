@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
+from typing import Final
 
 from reflowes.engine.schedstate import (
     AllocRecord,
@@ -102,7 +103,10 @@ DECISION_KINDS: frozenset[str] = frozenset(
     {TaskAssigned.kind, TaskRequeued.kind, TaskFinished.kind, AllocRequested.kind,
      AllocReleased.kind}
 )
-TEMPORARY_EXIT = 75
+TEMPORARY_EXIT: Final = 75
+_PENDING: Final = TaskState.PENDING  # Final: C statics under mypyc (see transition.py)
+_RUNNING: Final = TaskState.RUNNING
+_FAILED: Final = TaskState.FAILED
 
 
 class CoreError(ReflowesError, ValueError):
@@ -159,7 +163,7 @@ def _submitted(tx: Transition, ev: TaskSubmitted) -> None:
     if need[0] < -1e-9 or need[1] < 0 or need[2] < 0 or need[3] < 0:  # r.is_negative()
         raise CoreError(ev.kind, f"task {ev.task_id!r} asks for negative resources ({r})")
     t = TaskRecord(ev.task_id, ev.run_id, ev.key, ev.ident, ev.priority, r, r,
-                   TaskState.PENDING, 1, (), AttemptRecord(1, r, TaskState.PENDING), tx.now)
+                   _PENDING, 1, (), AttemptRecord(1, r, _PENDING), tx.now)
     tx.put_task(None, t)
     tx.last_submit_at = tx.now
     if not fits(need, as_free(cfg.max_alloc)):  # r.fits_in(cfg.max_alloc)
@@ -204,11 +208,11 @@ def _died(tx: Transition, ev: AllocDied) -> None:
 def _started(tx: Transition, ev: ExecStarted) -> None:
     _exec_of(tx, ev.kind, ev.exec_id, ev.task_id)
     t = tx.tasks[ev.task_id]
-    if t.state == TaskState.RUNNING:
+    if t.state == _RUNNING:
         return  # re-attached after a restart: already known to run
     c = t.current
-    tx.put_task(t, t.moved(TaskState.RUNNING, AttemptRecord(
-        c.attempt, c.resources, TaskState.RUNNING, c.alloc_id, c.exec_id, c.reason, c.exit_code),
+    tx.put_task(t, t.moved(_RUNNING, AttemptRecord(
+        c.attempt, c.resources, _RUNNING, c.alloc_id, c.exec_id, c.reason, c.exit_code),
         t.alloc_id, t.exec_id, t.error, t.exit_code, t.result))
 
 
@@ -223,7 +227,7 @@ def _exited(tx: Transition, ev: ExecExited) -> None:
         tx.finish(t, True, exit_code=0, result=dict(ev.result))
     elif code == TEMPORARY_EXIT:
         if t.temps < cfg.max_temp_retries:
-            tx.requeue(t, t.resources, f"temporary failure (exit {code})", TaskState.FAILED,
+            tx.requeue(t, t.resources, f"temporary failure (exit {code})", _FAILED,
                        code, temps=1)
         else:
             tx.finish(t, False, exit_code=code, error=_exit_error(
@@ -253,7 +257,7 @@ def _oom(tx: Transition, cfg: SchedulerConfigured, t: TaskRecord, ev: ExecExited
             f"{what}; already at the largest alloc's memory ({format_size(cap)})", ev))
     else:
         r = t.resources
-        tx.requeue(t, Resources(r.cpu, mem, r.disk, r.gpu), what, TaskState.FAILED,
+        tx.requeue(t, Resources(r.cpu, mem, r.disk, r.gpu), what, _FAILED,
                    ev.exit_code, ooms=1)
 
 
@@ -267,7 +271,7 @@ def _tick(tx: Transition, ev: Event) -> None:
     pass  # expiry happens for every consumed fact
 
 
-_HANDLERS: dict[str, Callable[[Transition, Event], None]] = {
+_HANDLERS: Final[dict[str, Callable[[Transition, Event], None]]] = {
     SchedulerConfigured.kind: _configured,  # type: ignore[dict-item]
     TaskSubmitted.kind: _submitted,  # type: ignore[dict-item]
     AllocGranted.kind: _granted,  # type: ignore[dict-item]

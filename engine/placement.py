@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Final
 
 import attrs
 from reflowes.events.resources import Resources
 
-_LOAD = 64  # chunk length of SortedIndex: an update copies one chunk and the chunk directory
+_LOAD: Final = 64  # chunk length of SortedIndex: an update copies one chunk and the chunk directory
 
 # (priority, cpu, mem, disk, gpu). Typed loosely on purpose: mypyc keeps a fixed-length tuple
 # type unboxed and builds a new tuple (and new numbers) each time one is used as a dict key.
@@ -174,7 +174,7 @@ def _delete(chunks: list[list[Pair]], maxes: list[Pair], item: Pair) -> None:
         maxes[i] = lst[-1]
 
 
-_COMPACT = 4096  # a bucket's list drops its served prefix once that many are served (and half)
+_COMPACT: Final = 4096  # a bucket's list drops its served prefix once that many are served (and half)
 
 
 class Bucket:

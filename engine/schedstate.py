@@ -7,7 +7,7 @@ Pure values only; imports stdlib typing, attrs, immutables, the rerooting map an
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
 
 import attrs
 import immutables
@@ -96,7 +96,7 @@ class AttemptRecord:
 
 
 ATTEMPT_FIELDS = ("attempt", "resources", "state", "alloc_id", "exec_id", "reason", "exit_code")
-NO_RESULT: Mapping[str, FileRef] = immutables.Map()
+NO_RESULT: Final[Mapping[str, FileRef]] = immutables.Map()
 
 
 class TaskRecord:
@@ -209,11 +209,11 @@ class RequestRecord:
         return _repr(self, ("request_id", "resources", "minimum", "covers", "requested_at"))
 
 
-_EMPTY: RerootMap[Any, Any] = RerootMap()  # shared: an empty RerootMap is never grown in place
-_NO_ITEMS = SortedIndex()
-STATES: tuple[TaskState, ...] = tuple(TaskState)
-STATE_INDEX: dict[TaskState, int] = {s: i for i, s in enumerate(STATES)}
-_ZERO_COUNTS: tuple[int, ...] = (0,) * len(STATES)
+_EMPTY: Final[RerootMap[Any, Any]] = RerootMap()  # shared: an empty RerootMap is never grown in place
+_NO_ITEMS: Final = SortedIndex()
+STATES: Final[tuple[TaskState, ...]] = tuple(TaskState)
+STATE_INDEX: Final[dict[TaskState, int]] = {s: i for i, s in enumerate(STATES)}
+_ZERO_COUNTS: Final[tuple[int, ...]] = (0,) * len(STATES)
 
 # Bucket keys (each with its shape as a Free) in placement order: groups of equal (priority,
 # size), in (priority, size) order; per group, the least of each resource over it and every

@@ -8,6 +8,7 @@ core's records and maps and reflowes.events (no clock, no randomness, no I/O).
 from __future__ import annotations
 
 import heapq
+from typing import Final
 
 from reflowes.engine.decisions import (
     alloc_released,
@@ -37,7 +38,13 @@ from reflowes.engine.schedstate import (
 from reflowes.events.model import Event, TaskState
 from reflowes.events.resources import Resources
 
-_ASSIGNED = TaskState.ASSIGNED
+# Final: mypyc keeps these in C statics (a module global is a dict lookup, and an enum member
+# through its class runs EnumType's attribute hook).
+_PENDING: Final = TaskState.PENDING
+_ASSIGNED: Final = TaskState.ASSIGNED
+_DONE: Final = TaskState.DONE
+_FAILED: Final = TaskState.FAILED
+_LOST: Final = TaskState.LOST
 
 
 class Transition:
@@ -185,8 +192,8 @@ class Transition:
     def finish(self, t: TaskRecord, ok: bool, *, error: str | None = None,
                exit_code: int | None = None, result: dict | None = None,  # type: ignore[type-arg]
                lost: bool = False) -> None:
-        state = TaskState.DONE if ok else TaskState.FAILED
-        ended = self.end_attempt(t, TaskState.LOST if lost else state, error, exit_code)
+        state = _DONE if ok else _FAILED
+        ended = self.end_attempt(t, _LOST if lost else state, error, exit_code)
         res = result or {}
         self.put_task(t, t.moved(state, ended, None, None, error, exit_code, res,
                                  1 if lost else 0))
@@ -199,7 +206,7 @@ class Transition:
         attempt = t.attempt + 1
         new = TaskRecord(
             t.task_id, t.run_id, t.key, t.ident, t.priority, t.declared, resources,
-            TaskState.PENDING, attempt, past, AttemptRecord(attempt, resources, TaskState.PENDING),
+            _PENDING, attempt, past, AttemptRecord(attempt, resources, _PENDING),
             t.submitted_at, t.lost + lost, t.ooms + ooms, t.temps + temps,
         )
         self.put_task(t, new)
@@ -227,7 +234,7 @@ class Transition:
         if t.lost + 1 >= self.config.max_lost:
             self.finish(t, False, error=f"lost {t.lost + 1} times: {reason}", lost=True)
         else:
-            self.requeue(t, t.resources, f"lost: {reason}", TaskState.LOST, lost=1)
+            self.requeue(t, t.resources, f"lost: {reason}", _LOST, lost=1)
 
     # -------------------------------------------------------------- placement
 
