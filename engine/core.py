@@ -125,18 +125,20 @@ def initial() -> SchedulerState:
 # ------------------------------------------------------------------ fact handlers
 
 
-def _need_config(tx: Transition, kind: str) -> SchedulerConfigured:
+# The fact is passed whole: its kind (a class attribute, read by name) only matters for errors.
+def _need_config(tx: Transition, ev: Event) -> SchedulerConfigured:
     if tx.config is None:
-        raise CoreError(kind, "no SchedulerConfigured before it")
+        raise CoreError(ev.kind, "no SchedulerConfigured before it")
     return tx.config
 
 
-def _exec_of(tx: Transition, kind: str, exec_id: str, task_id: str) -> ExecSlot:
+def _exec_of(tx: Transition, ev: Event, exec_id: str, task_id: str) -> ExecSlot:
     slot = tx.execs.get(exec_id)
     if slot is None:
-        raise CoreError(kind, f"unknown or finished exec {exec_id!r}")
+        raise CoreError(ev.kind, f"unknown or finished exec {exec_id!r}")
     if slot.task_id != task_id:
-        raise CoreError(kind, f"exec {exec_id!r} belongs to task {slot.task_id!r}, not {task_id!r}")
+        raise CoreError(ev.kind,
+                        f"exec {exec_id!r} belongs to task {slot.task_id!r}, not {task_id!r}")
     return slot
 
 
@@ -155,7 +157,7 @@ def _configured(tx: Transition, ev: SchedulerConfigured) -> None:
 
 
 def _submitted(tx: Transition, ev: TaskSubmitted) -> None:
-    cfg = _need_config(tx, ev.kind)
+    cfg = _need_config(tx, ev)
     if ev.task_id in tx.tasks:
         raise CoreError(ev.kind, f"task {ev.task_id!r} submitted twice")
     r = ev.resources
@@ -198,7 +200,7 @@ def _died(tx: Transition, ev: AllocDied) -> None:
         if ev.alloc_id in tx.gone:
             return  # already released or dead: nothing more is lost
         raise CoreError(ev.kind, f"unknown alloc {ev.alloc_id!r}")
-    _need_config(tx, ev.kind)
+    _need_config(tx, ev)
     for exec_id in sorted(a.execs):  # sorted: set order depends on string hashing
         tx.lose(exec_id, f"alloc {ev.alloc_id} died: {ev.reason}", free_alloc=False)
     tx.drop_alloc(a)
@@ -206,8 +208,7 @@ def _died(tx: Transition, ev: AllocDied) -> None:
 
 
 def _started(tx: Transition, ev: ExecStarted) -> None:
-    _exec_of(tx, ev.kind, ev.exec_id, ev.task_id)
-    t = tx.tasks[ev.task_id]
+    t = tx.tasks[_exec_of(tx, ev, ev.exec_id, ev.task_id).task_id]  # the key's own string
     if t.state == _RUNNING:
         return  # re-attached after a restart: already known to run
     c = t.current
@@ -217,9 +218,10 @@ def _started(tx: Transition, ev: ExecStarted) -> None:
 
 
 def _exited(tx: Transition, ev: ExecExited) -> None:
-    _exec_of(tx, ev.kind, ev.exec_id, ev.task_id)
-    cfg = _need_config(tx, ev.kind)
-    t = tx.release_exec(ev.exec_id, free_alloc=True)
+    exec_id = ev.exec_id
+    _exec_of(tx, ev, exec_id, ev.task_id)
+    cfg = _need_config(tx, ev)
+    t = tx.release_exec(exec_id, free_alloc=True)
     code = ev.exit_code
     if ev.oom:
         _oom(tx, cfg, t, ev)
@@ -262,8 +264,8 @@ def _oom(tx: Transition, cfg: SchedulerConfigured, t: TaskRecord, ev: ExecExited
 
 
 def _exec_lost(tx: Transition, ev: ExecLost) -> None:
-    _exec_of(tx, ev.kind, ev.exec_id, ev.task_id)
-    _need_config(tx, ev.kind)
+    _exec_of(tx, ev, ev.exec_id, ev.task_id)
+    _need_config(tx, ev)
     tx.lose(ev.exec_id, ev.reason, free_alloc=True)
 
 

@@ -174,7 +174,7 @@ def _delete(chunks: list[list[Pair]], maxes: list[Pair], item: Pair) -> None:
         maxes[i] = lst[-1]
 
 
-_COMPACT: Final = 4096  # a bucket's list drops its served prefix once that many are served (and half)
+_COMPACT: Final = 4096  # a bucket's list drops its served prefix past this many (and half)
 
 
 class Bucket:

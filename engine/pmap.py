@@ -10,7 +10,7 @@ versions of one lineage share one dict: use them from one thread.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import Any, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -23,7 +23,7 @@ class _Absent:
         return "<absent>"
 
 
-_ABSENT: Any = _Absent()
+_ABSENT: Final[Any] = _Absent()
 
 
 class RerootMap(Generic[K, V]):

@@ -18,6 +18,8 @@ from reflowes.events.resources import GiB, Resources
 
 Free = tuple[float, int, int, int]  # (cpu, mem, disk, gpu): an alloc's free room, internal
 Bound = tuple[float, float, float, float]  # a lower bound per resource (may be infinite)
+_MEM_SCALE: Final = 8 * GiB  # Resources.size(): 8 GiB of mem weigh as 1 cpu
+_DISK_SCALE: Final = 1 << 40
 
 
 def as_free(r: Resources) -> Free:
@@ -26,7 +28,7 @@ def as_free(r: Resources) -> Free:
 
 def free_size(f: Free) -> float:
     """Resources.size() of a Free tuple (same formula, no object built)."""
-    return f[0] + f[1] / (8 * GiB) + f[3] * 8 + f[2] / (1 << 40)
+    return f[0] + f[1] / _MEM_SCALE + f[3] * 8 + f[2] / _DISK_SCALE
 
 
 def cpu_round(x: float) -> float:
@@ -184,8 +186,8 @@ class AllocRecord:
 
     def free_size(self) -> float:
         """free_size(self.free), no tuple built."""
-        return (self.free_cpu + self.free_mem / (8 * GiB) + self.free_gpu * 8
-                + self.free_disk / (1 << 40))
+        return (self.free_cpu + self.free_mem / _MEM_SCALE + self.free_gpu * 8
+                + self.free_disk / _DISK_SCALE)
 
     def __repr__(self) -> str:
         return _repr(self, ("alloc_id", "request_id", "resources", "free", "execs", "granted_at",
@@ -209,7 +211,7 @@ class RequestRecord:
         return _repr(self, ("request_id", "resources", "minimum", "covers", "requested_at"))
 
 
-_EMPTY: Final[RerootMap[Any, Any]] = RerootMap()  # shared: an empty RerootMap is never grown in place
+_EMPTY: Final[RerootMap[Any, Any]] = RerootMap()  # shared: an empty one is never grown in place
 _NO_ITEMS: Final = SortedIndex()
 STATES: Final[tuple[TaskState, ...]] = tuple(TaskState)
 STATE_INDEX: Final[dict[TaskState, int]] = {s: i for i, s in enumerate(STATES)}
@@ -217,8 +219,8 @@ _ZERO_COUNTS: Final[tuple[int, ...]] = (0,) * len(STATES)
 
 # Bucket keys (each with its shape as a Free) in placement order: groups of equal (priority,
 # size), in (priority, size) order; per group, the least of each resource over it and every
-# later group (a room below it fits no key from there on); and the keys listed. Derived from `buckets`: it may still list keys of
-# buckets emptied since it was built, never lacks a live one.
+# later group (a room below it fits no key from there on); and the keys listed. Derived from
+# `buckets`: it may still list keys of buckets emptied since it was built, never lacks a live one.
 BucketOrder = tuple[tuple[tuple[tuple[BucketKey, Free], ...], ...], tuple[Bound, ...],
                     frozenset[BucketKey]]
 
