@@ -413,3 +413,35 @@ def test_records_are_values_with_their_fields() -> None:
     st = SchedulerState()
     assert (st.config, st.now, st.pending, st.next_request, st.order, len(st.tasks)) == (
         None, 0.0, 0, 1, None, 0)
+
+
+def test_decisions_built_without_attrs_init_equal_attrs_built_ones() -> None:
+    """engine/decisions.py fills the slots itself: the values must be what the classes' own
+    keyword __init__ makes (equal, same repr and hash), and a field with a hook is refused."""
+    import attrs
+    from reflowes.engine import decisions as d
+
+    r, r2 = Resources(2, 3 * GiB), Resources(1, GiB, GiB)
+    pairs = [
+        (d.task_assigned("t", "a1", 2, "t.2", r),
+         TaskAssigned(task_id="t", alloc_id="a1", attempt=2, exec_id="t.2", resources=r)),
+        (d.task_finished("t", 2, False, {}, "boom", 1),
+         TaskFinished(task_id="t", attempt=2, ok=False, result={}, error="boom", exit_code=1)),
+        (d.task_requeued("t", 3, r2, "lost: x"),
+         TaskRequeued(task_id="t", attempt=3, resources=r2, reason="lost: x")),
+        (d.alloc_requested("r1", r, r2),
+         AllocRequested(request_id="r1", resources=r, minimum=r2)),
+        (d.alloc_released("a1", "idle"), AllocReleased(alloc_id="a1", reason="idle")),
+    ]
+    for fast, slow in pairs:
+        assert type(fast) is type(slow)
+        assert (fast, repr(fast), hash(fast)) == (slow, repr(slow), hash(slow))
+
+    @attrs.frozen(kw_only=True)
+    class Checked:
+        x: int = attrs.field(converter=int)
+
+    with pytest.raises(TypeError, match="hook"):
+        d._setters(Checked, ("x",))
+    with pytest.raises(TypeError, match="fields changed"):
+        d._setters(TaskRequeued, ("task_id", "attempt", "resources"))
