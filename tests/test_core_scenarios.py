@@ -417,7 +417,7 @@ def test_records_are_values_with_their_fields() -> None:
 
 def test_decisions_built_without_attrs_init_equal_attrs_built_ones() -> None:
     """engine/decisions.py fills the slots itself: the values must be what the classes' own
-    keyword __init__ makes (equal, same repr and hash), and a field with a hook is refused."""
+    keyword __init__ makes (equal, same repr, same hash), and a field with a hook is refused."""
     import attrs
     from reflowes.engine import decisions as d
 
@@ -435,7 +435,9 @@ def test_decisions_built_without_attrs_init_equal_attrs_built_ones() -> None:
     ]
     for fast, slow in pairs:
         assert type(fast) is type(slow)
-        assert (fast, repr(fast), hash(fast)) == (slow, repr(slow), hash(slow))
+        assert (fast, repr(fast)) == (slow, repr(slow))
+        if not isinstance(fast, TaskFinished):  # its result dict makes it unhashable
+            assert hash(fast) == hash(slow)
 
     @attrs.frozen(kw_only=True)
     class Checked:
