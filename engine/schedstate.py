@@ -32,8 +32,9 @@ def free_size(f: Free) -> float:
 
 
 def cpu_round(x: float) -> float:
-    """round(x, 6): the call is skipped when x is integral (it would return x), as it mostly is."""
-    return x if x == int(x) else round(x, 6)
+    """round(x, 6): the call is skipped when x is integral (it would return x), as it mostly is.
+    (The bounds keep int() away from inf and nan, which round() passes through.)"""
+    return x if -1e15 < x < 1e15 and x == int(x) else round(x, 6)
 
 
 def fits_alloc(need: Free, a: AllocRecord) -> bool:

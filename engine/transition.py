@@ -70,7 +70,7 @@ class Transition:
         self.order = s.order
         self.seq0 = s.next_seq  # tasks enqueued at or after this are new in this step
         self.grown: set[str] = set()  # allocs whose free space grew in this step
-        self.touched: set[tuple[int, float, int, int, int]] = set()  # buckets enqueued to
+        self.touched: set[BucketKey] = set()  # buckets enqueued to
         self.out: list[Event] = []
         # Allocs changed in this step -> their record when it began (None: not live then).
         # The two indexes catch up once (flush), not at every change: an exec ending and the

@@ -447,3 +447,15 @@ def test_decisions_built_without_attrs_init_equal_attrs_built_ones() -> None:
         d._setters(Checked, ("x",))
     with pytest.raises(TypeError, match="fields changed"):
         d._setters(TaskRequeued, ("task_id", "attempt", "resources"))
+
+
+def test_cpu_round_is_round_to_six_places() -> None:
+    """The shortcut for integral cpu gives exactly round(x, 6), inf and nan included."""
+    import math
+
+    from reflowes.engine.schedstate import cpu_round
+
+    for x in (0.0, -0.0, 3.0, -2.0, 1.5, 0.1 + 0.2, 16 - 0.3, 1e300, 2.0**60, math.inf,
+              -math.inf):
+        assert repr(cpu_round(x)) == repr(round(x, 6))
+    assert math.isnan(cpu_round(math.nan))
