@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
+from typing import Final
 
 from reflowes.engine.schedstate import (
     AllocRecord,
@@ -102,8 +103,10 @@ DECISION_KINDS: frozenset[str] = frozenset(
     {TaskAssigned.kind, TaskRequeued.kind, TaskFinished.kind, AllocRequested.kind,
      AllocReleased.kind}
 )
-TEMPORARY_EXIT = 75
-_new = tuple.__new__
+TEMPORARY_EXIT: Final = 75
+_PENDING: Final = TaskState.PENDING  # Final: C statics under mypyc (see transition.py)
+_RUNNING: Final = TaskState.RUNNING
+_FAILED: Final = TaskState.FAILED
 
 
 class CoreError(ReflowesError, ValueError):
@@ -122,18 +125,20 @@ def initial() -> SchedulerState:
 # ------------------------------------------------------------------ fact handlers
 
 
-def _need_config(tx: Transition, kind: str) -> SchedulerConfigured:
+# The fact is passed whole: its kind (a class attribute, read by name) only matters for errors.
+def _need_config(tx: Transition, ev: Event) -> SchedulerConfigured:
     if tx.config is None:
-        raise CoreError(kind, "no SchedulerConfigured before it")
+        raise CoreError(ev.kind, "no SchedulerConfigured before it")
     return tx.config
 
 
-def _exec_of(tx: Transition, kind: str, exec_id: str, task_id: str) -> ExecSlot:
+def _exec_of(tx: Transition, ev: Event, exec_id: str, task_id: str) -> ExecSlot:
     slot = tx.execs.get(exec_id)
     if slot is None:
-        raise CoreError(kind, f"unknown or finished exec {exec_id!r}")
+        raise CoreError(ev.kind, f"unknown or finished exec {exec_id!r}")
     if slot.task_id != task_id:
-        raise CoreError(kind, f"exec {exec_id!r} belongs to task {slot.task_id!r}, not {task_id!r}")
+        raise CoreError(ev.kind,
+                        f"exec {exec_id!r} belongs to task {slot.task_id!r}, not {task_id!r}")
     return slot
 
 
@@ -152,17 +157,18 @@ def _configured(tx: Transition, ev: SchedulerConfigured) -> None:
 
 
 def _submitted(tx: Transition, ev: TaskSubmitted) -> None:
-    cfg = _need_config(tx, ev.kind)
+    cfg = _need_config(tx, ev)
     if ev.task_id in tx.tasks:
         raise CoreError(ev.kind, f"task {ev.task_id!r} submitted twice")
     r = ev.resources
-    if r.is_negative():
+    need = as_free(r)  # Resources' own methods would each run a Python frame
+    if need[0] < -1e-9 or need[1] < 0 or need[2] < 0 or need[3] < 0:  # r.is_negative()
         raise CoreError(ev.kind, f"task {ev.task_id!r} asks for negative resources ({r})")
     t = TaskRecord(ev.task_id, ev.run_id, ev.key, ev.ident, ev.priority, r, r,
-                   TaskState.PENDING, 1, (AttemptRecord(1, r, TaskState.PENDING),), tx.now)
+                   _PENDING, 1, (), AttemptRecord(1, r, _PENDING), tx.now)
     tx.put_task(None, t)
     tx.last_submit_at = tx.now
-    if not r.fits_in(cfg.max_alloc):
+    if not fits(need, as_free(cfg.max_alloc)):  # r.fits_in(cfg.max_alloc)
         tx.finish(t, False, error=f"task needs {r} but the largest alloc is {cfg.max_alloc}")
     else:
         tx.enqueue(t)
@@ -181,8 +187,9 @@ def _granted(tx: Transition, ev: AllocGranted) -> None:
         b = tx.buckets.get(key)
         if b is not None:
             tx.put_bucket(key, b, b.cover(-n))
-    rec = AllocRecord(ev.alloc_id, ev.request_id, ev.resources, as_free(ev.resources),
-                      frozenset(), tx.now, tx.now)
+    r = ev.resources
+    rec = AllocRecord(ev.alloc_id, ev.request_id, r, r.cpu, r.mem, r.disk, r.gpu, frozenset(),
+                      tx.now, tx.now)
     tx.put_alloc(None, rec)
     tx.grown.add(ev.alloc_id)
 
@@ -193,7 +200,7 @@ def _died(tx: Transition, ev: AllocDied) -> None:
         if ev.alloc_id in tx.gone:
             return  # already released or dead: nothing more is lost
         raise CoreError(ev.kind, f"unknown alloc {ev.alloc_id!r}")
-    _need_config(tx, ev.kind)
+    _need_config(tx, ev)
     for exec_id in sorted(a.execs):  # sorted: set order depends on string hashing
         tx.lose(exec_id, f"alloc {ev.alloc_id} died: {ev.reason}", free_alloc=False)
     tx.drop_alloc(a)
@@ -201,20 +208,20 @@ def _died(tx: Transition, ev: AllocDied) -> None:
 
 
 def _started(tx: Transition, ev: ExecStarted) -> None:
-    _exec_of(tx, ev.kind, ev.exec_id, ev.task_id)
-    t = tx.tasks[ev.task_id]
-    if t.state == TaskState.RUNNING:
+    t = tx.tasks[_exec_of(tx, ev, ev.exec_id, ev.task_id).task_id]  # the key's own string
+    if t.state == _RUNNING:
         return  # re-attached after a restart: already known to run
-    attempts = t[9]  # records rebuilt from slices: see schedstate for the field order
-    attempts = attempts[:-1] + (_new(AttemptRecord, attempts[-1][:2] + (TaskState.RUNNING,)
-                                     + attempts[-1][3:]),)
-    tx.put_task(t, _new(TaskRecord, t[:7] + (TaskState.RUNNING, t[8], attempts) + t[10:]))
+    c = t.current
+    tx.put_task(t, t.moved(_RUNNING, AttemptRecord(
+        c.attempt, c.resources, _RUNNING, c.alloc_id, c.exec_id, c.reason, c.exit_code),
+        t.alloc_id, t.exec_id, t.error, t.exit_code, t.result))
 
 
 def _exited(tx: Transition, ev: ExecExited) -> None:
-    _exec_of(tx, ev.kind, ev.exec_id, ev.task_id)
-    cfg = _need_config(tx, ev.kind)
-    t = tx.release_exec(ev.exec_id, free_alloc=True)
+    exec_id = ev.exec_id
+    _exec_of(tx, ev, exec_id, ev.task_id)
+    cfg = _need_config(tx, ev)
+    t = tx.release_exec(exec_id, free_alloc=True)
     code = ev.exit_code
     if ev.oom:
         _oom(tx, cfg, t, ev)
@@ -222,7 +229,7 @@ def _exited(tx: Transition, ev: ExecExited) -> None:
         tx.finish(t, True, exit_code=0, result=dict(ev.result))
     elif code == TEMPORARY_EXIT:
         if t.temps < cfg.max_temp_retries:
-            tx.requeue(t, t.resources, f"temporary failure (exit {code})", TaskState.FAILED,
+            tx.requeue(t, t.resources, f"temporary failure (exit {code})", _FAILED,
                        code, temps=1)
         else:
             tx.finish(t, False, exit_code=code, error=_exit_error(
@@ -252,13 +259,13 @@ def _oom(tx: Transition, cfg: SchedulerConfigured, t: TaskRecord, ev: ExecExited
             f"{what}; already at the largest alloc's memory ({format_size(cap)})", ev))
     else:
         r = t.resources
-        tx.requeue(t, Resources(r.cpu, mem, r.disk, r.gpu), what, TaskState.FAILED,
+        tx.requeue(t, Resources(r.cpu, mem, r.disk, r.gpu), what, _FAILED,
                    ev.exit_code, ooms=1)
 
 
 def _exec_lost(tx: Transition, ev: ExecLost) -> None:
-    _exec_of(tx, ev.kind, ev.exec_id, ev.task_id)
-    _need_config(tx, ev.kind)
+    _exec_of(tx, ev, ev.exec_id, ev.task_id)
+    _need_config(tx, ev)
     tx.lose(ev.exec_id, ev.reason, free_alloc=True)
 
 
@@ -266,7 +273,7 @@ def _tick(tx: Transition, ev: Event) -> None:
     pass  # expiry happens for every consumed fact
 
 
-_HANDLERS: dict[str, Callable[[Transition, Event], None]] = {
+_HANDLERS: Final[dict[str, Callable[[Transition, Event], None]]] = {
     SchedulerConfigured.kind: _configured,  # type: ignore[dict-item]
     TaskSubmitted.kind: _submitted,  # type: ignore[dict-item]
     AllocGranted.kind: _granted,  # type: ignore[dict-item]
@@ -311,8 +318,9 @@ def deadline(state: SchedulerState) -> float | None:
     if cfg is None:
         return None
     times = []
-    if state.idle:
-        times.append(state.idle.first()[0] + cfg.max_alloc_idle)
+    first = state.idle.first()
+    if first is not None:
+        times.append(first[0] + cfg.max_alloc_idle)
     last = state.last_submit_at
     if (last is not None and state.now < last + cfg.drain_timeout
             and len(state.requests) < cfg.max_pending_allocs

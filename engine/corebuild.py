@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 
-CORE_MODULES = ("core", "transition", "schedstate", "placement", "pmap")
+CORE_MODULES = ("core", "transition", "decisions", "schedstate", "placement", "pmap")
 
 
 def core_digest(folder: str) -> str:

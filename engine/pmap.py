@@ -10,7 +10,7 @@ versions of one lineage share one dict: use them from one thread.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import Any, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -23,7 +23,7 @@ class _Absent:
         return "<absent>"
 
 
-_ABSENT: Any = _Absent()
+_ABSENT: Final[Any] = _Absent()
 
 
 class RerootMap(Generic[K, V]):
@@ -33,8 +33,11 @@ class RerootMap(Generic[K, V]):
 
     __slots__ = ("_d", "_k", "_to", "_v")
 
-    def __init__(self, items: Mapping[K, V] | None = None) -> None:
-        self._d: dict[Any, Any] | None = dict(items) if items else {}
+    def __init__(self, items: Mapping[K, V] | None = None,
+                 _own: dict[Any, Any] | None = None) -> None:
+        # _own: a dict the new root version takes over (internal: set() and delete()).
+        self._d: dict[Any, Any] | None = _own if _own is not None else (
+            dict(items) if items else {})
         self._to: RerootMap[K, V] | None = None
         self._k: Any = None
         self._v: Any = None
@@ -63,27 +66,23 @@ class RerootMap(Generic[K, V]):
             x._d, x._k, x._v, x._to = d, None, None, None
         return d
 
-    def _root(self, d: dict[Any, Any]) -> RerootMap[K, V]:
-        n: RerootMap[K, V] = RerootMap.__new__(RerootMap)
-        n._d, n._to, n._k, n._v = d, None, None, None
-        return n
-
     def set(self, key: K, value: V) -> RerootMap[K, V]:
         """A new version with key bound to value."""
         d = self._dict()
         if not d:  # empty maps are shared (defaults): never grow one in place
-            return self._root({key: value})
+            return RerootMap(None, {key: value})
         old = d.get(key, _ABSENT)
         d[key] = value
-        n = self._root(d)
+        n: RerootMap[K, V] = RerootMap(None, d)
         self._d, self._k, self._v, self._to = None, key, old, n
         return n
 
     def delete(self, key: K) -> RerootMap[K, V]:
         """A new version without key; KeyError (and nothing changed) if it is not there."""
         d = self._dict()
-        old = d.pop(key)
-        n = self._root(d)
+        old = d[key]
+        del d[key]
+        n: RerootMap[K, V] = RerootMap(None, d)
         self._d, self._k, self._v, self._to = None, key, old, n
         return n
 

@@ -8,7 +8,15 @@ core's records and maps and reflowes.events (no clock, no randomness, no I/O).
 from __future__ import annotations
 
 import heapq
+from typing import Final
 
+from reflowes.engine.decisions import (
+    alloc_released,
+    alloc_requested,
+    task_assigned,
+    task_finished,
+    task_requeued,
+)
 from reflowes.engine.placement import Bucket, BucketKey, bucket_key, new_bucket, pack
 from reflowes.engine.schedstate import (
     NO_RESULT,
@@ -22,24 +30,21 @@ from reflowes.engine.schedstate import (
     RequestRecord,
     SchedulerState,
     TaskRecord,
+    cpu_round,
     fits,
+    fits_alloc,
     free_size,
 )
-from reflowes.events.model import (
-    AllocReleased,
-    AllocRequested,
-    Event,
-    TaskAssigned,
-    TaskFinished,
-    TaskRequeued,
-    TaskState,
-)
+from reflowes.events.model import Event, TaskState
 from reflowes.events.resources import Resources
 
-# Records are rebuilt with tuple.__new__ from slices of the old one: no Python-level __new__
-# frame and no attribute load per unchanged field (see schedstate for the field order).
-_new = tuple.__new__
-_ASSIGNED = TaskState.ASSIGNED
+# Final: mypyc keeps these in C statics (a module global is a dict lookup, and an enum member
+# through its class runs EnumType's attribute hook).
+_PENDING: Final = TaskState.PENDING
+_ASSIGNED: Final = TaskState.ASSIGNED
+_DONE: Final = TaskState.DONE
+_FAILED: Final = TaskState.FAILED
+_LOST: Final = TaskState.LOST
 
 
 class Transition:
@@ -65,7 +70,7 @@ class Transition:
         self.order = s.order
         self.seq0 = s.next_seq  # tasks enqueued at or after this are new in this step
         self.grown: set[str] = set()  # allocs whose free space grew in this step
-        self.touched: set[tuple[int, float, int, int, int]] = set()  # buckets enqueued to
+        self.touched: set[BucketKey] = set()  # buckets enqueued to
         self.out: list[Event] = []
         # Allocs changed in this step -> their record when it began (None: not live then).
         # The two indexes catch up once (flush), not at every change: an exec ending and the
@@ -75,11 +80,11 @@ class Transition:
     def build(self) -> SchedulerState:
         if self.dirty:
             self.flush()
-        return _new(SchedulerState, (
+        return SchedulerState(
             self.config, self.now, self.tasks, self.allocs, self.gone, self.execs,
             self.requests, self.buckets, self.by_free, self.idle, self.counts, self.pending,
             self.next_seq, self.next_request, self.last_submit_at, self.uncovered, self.order,
-        ))
+        )
 
     # -------------------------------------------------------------- records
 
@@ -110,15 +115,15 @@ class Transition:
         """Bring by_free and idle up to date with the allocs changed since the last flush."""
         for a, was in self.dirty.items():
             now = self.allocs.get(a)
-            old_free = None if was is None else (free_size(was.free), a)
-            new_free = None if now is None else (free_size(now.free), a)
-            if old_free != new_free:
-                if old_free is None:
-                    self.by_free = self.by_free.add(new_free)
-                elif new_free is None:
-                    self.by_free = self.by_free.remove(old_free)
-                else:
-                    self.by_free = self.by_free.replace(old_free, new_free)
+            if was is None:
+                if now is not None:
+                    self.by_free = self.by_free.add((now.free_size(), a))
+            elif now is None:
+                self.by_free = self.by_free.remove((was.free_size(), a))
+            else:
+                old_size, new_size = was.free_size(), now.free_size()
+                if old_size != new_size:
+                    self.by_free = self.by_free.replace((old_size, a), (new_size, a))
             old_idle = None if was is None or was.idle_since is None else (was.idle_since, a)
             new_idle = None if now is None or now.idle_since is None else (now.idle_since, a)
             if old_idle != new_idle:
@@ -147,19 +152,20 @@ class Transition:
                 (k[0], free_size(k[1:]), k)
                 for k in self.buckets.keys()  # noqa: SIM118 (a Map, not a dict)
             )
-            groups: list[tuple[BucketKey, ...]] = []
+            groups: list[tuple[tuple[BucketKey, Free], ...]] = []
             last = None
             for pr, w, k in ks:
+                entry = (k, (k[1], k[2], k[3], k[4]))
                 if (pr, w) == last:
-                    groups[-1] += (k,)
+                    groups[-1] += (entry,)
                 else:
-                    groups.append((k,))
+                    groups.append((entry,))
                     last = (pr, w)
             lows: list[Bound] = []
             c, m, d, g = float("inf"), float("inf"), float("inf"), float("inf")
             for group in reversed(groups):
-                for k in group:
-                    c, m, d, g = min(c, k[1]), min(m, k[2]), min(d, k[3]), min(g, k[4])
+                for _, n in group:
+                    c, m, d, g = min(c, n[0]), min(m, n[1]), min(d, n[2]), min(g, n[3])
                 lows.append((c, m, d, g))
             lows.reverse()
             self.order = (tuple(groups), tuple(lows), frozenset(k for _, _, k in ks))
@@ -177,50 +183,49 @@ class Transition:
     # -------------------------------------------------------------- attempts
 
     def end_attempt(self, t: TaskRecord, state: TaskState, reason: str | None,
-                    exit_code: int | None = None) -> tuple[AttemptRecord, ...]:
-        attempts = t[9]
-        return attempts[:-1] + (_new(AttemptRecord, attempts[-1][:2] + (state,) + attempts[-1][3:5]
-                                     + (reason, exit_code)),)
+                    exit_code: int | None = None) -> AttemptRecord:
+        """The task's current attempt, ended."""
+        c = t.current
+        return AttemptRecord(c.attempt, c.resources, state, c.alloc_id, c.exec_id, reason,
+                             exit_code)
 
     def finish(self, t: TaskRecord, ok: bool, *, error: str | None = None,
                exit_code: int | None = None, result: dict | None = None,  # type: ignore[type-arg]
                lost: bool = False) -> None:
-        state = TaskState.DONE if ok else TaskState.FAILED
-        attempts = self.end_attempt(t, TaskState.LOST if lost else state, error, exit_code)
+        state = _DONE if ok else _FAILED
+        ended = self.end_attempt(t, _LOST if lost else state, error, exit_code)
         res = result or {}
-        self.put_task(t, _new(TaskRecord, t[:7] + (state, t[8], attempts, t[10], t[11] + lost)
-                              + t[12:14] + (None, None, error, exit_code, res)))
-        self.out.append(TaskFinished(task_id=t[0], attempt=t[8], ok=ok, result=res,
-                                     error=error, exit_code=exit_code))
+        self.put_task(t, t.moved(state, ended, None, None, error, exit_code, res,
+                                 1 if lost else 0))
+        self.out.append(task_finished(t.task_id, t.attempt, ok, res, error, exit_code))
 
     def requeue(self, t: TaskRecord, resources: Resources, reason: str, ended: TaskState,
                 exit_code: int | None = None, *, lost: int = 0, ooms: int = 0,
                 temps: int = 0) -> None:
-        attempts = self.end_attempt(t, ended, reason, exit_code) + (
-            AttemptRecord(t.attempt + 1, resources, TaskState.PENDING),
-        )
+        past = t.past + (self.end_attempt(t, ended, reason, exit_code),)
+        attempt = t.attempt + 1
         new = TaskRecord(
             t.task_id, t.run_id, t.key, t.ident, t.priority, t.declared, resources,
-            TaskState.PENDING, t.attempt + 1, attempts, t.submitted_at, t.lost + lost,
-            t.ooms + ooms, t.temps + temps,
+            _PENDING, attempt, past, AttemptRecord(attempt, resources, _PENDING),
+            t.submitted_at, t.lost + lost, t.ooms + ooms, t.temps + temps,
         )
         self.put_task(t, new)
         self.enqueue(new)
-        self.out.append(TaskRequeued(task_id=t.task_id, attempt=new.attempt,
-                                     resources=resources, reason=reason))
+        self.out.append(task_requeued(t.task_id, new.attempt, resources, reason))
 
     def release_exec(self, exec_id: str, free_alloc: bool) -> TaskRecord:
         """Forget an exec (its attempt is over) and give its resources back to its alloc."""
         slot = self.execs[exec_id]
         self.execs = self.execs.delete(exec_id)
         if free_alloc:
-            a = self.allocs[slot[1]]
-            execs = a[4] - {exec_id}
-            f, r = a[3], slot[3]
-            free = (round(f[0] + r.cpu, 6), f[1] + r.mem, f[2] + r.disk, f[3] + r.gpu)
-            self.put_alloc(a, _new(AllocRecord, a[:3] + (free, execs, a[5],
-                                                         None if execs else self.now)))
-            self.grown.add(a[0])
+            a = self.allocs[slot.alloc_id]
+            execs = a.execs - {exec_id}
+            r = slot.need
+            self.put_alloc(a, AllocRecord(
+                a.alloc_id, a.request_id, a.resources, cpu_round(a.free_cpu + r[0]),
+                a.free_mem + r[1], a.free_disk + r[2], a.free_gpu + r[3], execs,
+                a.granted_at, None if execs else self.now))
+            self.grown.add(a.alloc_id)
         return self.tasks[slot.task_id]
 
     def lose(self, exec_id: str, reason: str, free_alloc: bool) -> None:
@@ -229,7 +234,7 @@ class Transition:
         if t.lost + 1 >= self.config.max_lost:
             self.finish(t, False, error=f"lost {t.lost + 1} times: {reason}", lost=True)
         else:
-            self.requeue(t, t.resources, f"lost: {reason}", TaskState.LOST, lost=1)
+            self.requeue(t, t.resources, f"lost: {reason}", _LOST, lost=1)
 
     # -------------------------------------------------------------- placement
 
@@ -239,41 +244,41 @@ class Transition:
             if len(among) == 1:  # the usual case: the alloc of the exec that ended
                 (a,) = among
                 rec = self.allocs.get(a)
-                return a if rec is not None and fits(need, rec.free) else None
+                return a if rec is not None and fits_alloc(need, rec) else None
             best = None
             for a in among:
                 rec = self.allocs.get(a)
-                if rec is not None and fits(need, rec.free):
-                    k = (free_size(rec.free), a)
+                if rec is not None and fits_alloc(need, rec):
+                    k = (rec.free_size(), a)
                     if best is None or k < best:
                         best = k
             return None if best is None else best[1]
         self.flush()
         allocs = self.allocs
         for _, a in self.by_free.irange((weight - 1e-9, "")):
-            if fits(need, allocs[a].free):
+            if fits_alloc(need, allocs[a]):
                 return str(a)
         return None
 
-    def assign(self, t: TaskRecord, alloc_id: str) -> Free:
-        """Decide that `t` runs on the alloc; returns the alloc's free room after it."""
+    def assign(self, t: TaskRecord, alloc_id: str, need: Free) -> Free:
+        """Decide that `t` (whose resources are `need`) runs on the alloc; returns the alloc's
+        free room after it."""
         a = self.allocs[alloc_id]
-        task_id, r, attempt = t[0], t[6], t[8]
+        task_id, r, attempt = t.task_id, t.resources, t.attempt
         exec_id = f"{task_id}.{attempt}"
-        f = a[3]
-        free = (round(f[0] - r.cpu, 6), f[1] - r.mem, f[2] - r.disk, f[3] - r.gpu)
-        if free[0] < -1e-9 or free[1] < 0 or free[2] < 0 or free[3] < 0:
+        c, m, d, g = (cpu_round(a.free_cpu - need[0]), a.free_mem - need[1],
+                      a.free_disk - need[2], a.free_gpu - need[3])
+        if c < -1e-9 or m < 0 or d < 0 or g < 0:
             raise AssertionError(f"over-commit of {alloc_id}")  # a bug, never a bad fact
-        self.put_alloc(a, _new(AllocRecord, a[:3] + (free, a[4] | {exec_id}, a[5], None)))
-        attempts = t[9]
-        attempts = attempts[:-1] + (_new(AttemptRecord, attempts[-1][:2] + (
-            _ASSIGNED, alloc_id, exec_id, None, None)),)
-        self.put_task(t, _new(TaskRecord, t[:7] + (_ASSIGNED, attempt, attempts) + t[10:14]
-                              + (alloc_id, exec_id, None, None, NO_RESULT)))
-        self.execs = self.execs.set(exec_id, _new(ExecSlot, (task_id, alloc_id, attempt, r)))
-        self.out.append(TaskAssigned(task_id=task_id, alloc_id=alloc_id, attempt=attempt,
-                                     exec_id=exec_id, resources=r))
-        return free
+        self.put_alloc(a, AllocRecord(alloc_id, a.request_id, a.resources, c, m, d, g,
+                                      a.execs | {exec_id}, a.granted_at, None))
+        cur = t.current
+        self.put_task(t, t.moved(_ASSIGNED, AttemptRecord(cur.attempt, cur.resources, _ASSIGNED,
+                                                          alloc_id, exec_id), alloc_id, exec_id,
+                                 None, None, NO_RESULT))
+        self.execs = self.execs.set(exec_id, ExecSlot(task_id, alloc_id, attempt, r, need))
+        self.out.append(task_assigned(task_id, alloc_id, attempt, exec_id, r))
+        return (c, m, d, g)
 
     def place(self) -> None:
         """Assign pending tasks in (priority, size, seq) order while any fits somewhere (step
@@ -321,27 +326,27 @@ class Transition:
         different shapes go by head seq.
         """
         groups, lows, _ = self.bucket_order()
-        c, m, d, g = self.allocs[alloc_id].free
+        a = self.allocs[alloc_id]
+        c, m, d, g = a.free_cpu, a.free_mem, a.free_disk, a.free_gpu
         for group, (lc, lm, ld, lg) in zip(groups, lows):  # same length
             if c + 1e-9 < lc or m < lm or d < ld or g < lg:
                 return
             if len(group) == 1:
-                k = group[0]
+                k, n = group[0]
                 # The fit first: most shapes do not fit the room, and the test is cheaper than
                 # looking the bucket up (it may have been emptied since the order was built).
-                while (k[1] <= c + 1e-9 and k[2] <= m and k[3] <= d and k[4] <= g
+                while (n[0] <= c + 1e-9 and n[1] <= m and n[2] <= d and n[3] <= g
                        and k in self.buckets):
                     c, m, d, g = self.take(k, alloc_id)[1]
             else:
                 buckets = self.buckets
-                fit = [k for k in group if k in buckets
-                       and k[1] <= c + 1e-9 and k[2] <= m and k[3] <= d and k[4] <= g]
+                fit = [e for e in group if e[0] in buckets and fits(e[1], (c, m, d, g))]
                 while fit:
                     buckets = self.buckets
-                    k = fit[0] if len(fit) == 1 else min(fit, key=lambda k: buckets[k].peek()[0])
+                    k = fit[0][0] if len(fit) == 1 else min(
+                        fit, key=lambda e: buckets[e[0]].peek()[0])[0]
                     left, (c, m, d, g) = self.take(k, alloc_id)
-                    fit = [f for f in fit if (left or f != k)
-                           and f[1] <= c + 1e-9 and f[2] <= m and f[3] <= d and f[4] <= g]
+                    fit = [e for e in fit if (left or e[0] != k) and fits(e[1], (c, m, d, g))]
 
     def take(self, key: BucketKey, alloc_id: str) -> tuple[bool, Free]:
         """Assign the head of a bucket to an alloc: whether the bucket still has tasks, and
@@ -352,7 +357,7 @@ class Transition:
         self.pending -= 1
         left = b.tail > b.head
         self.put_bucket(key, old, b if left else None)
-        return left, self.assign(self.tasks[tid], alloc_id)
+        return left, self.assign(self.tasks[tid], alloc_id, old.need)
 
     def request(self) -> None:
         """Ask for allocs sized to the uncovered leftovers, once the drain time has passed
@@ -381,7 +386,7 @@ class Transition:
                 self.put_bucket(key, old, old.cover(n))
             self.requests = self.requests.set(
                 rid, RequestRecord(rid, want, minimum, bn.counts, self.now))
-            self.out.append(AllocRequested(request_id=rid, resources=want, minimum=minimum))
+            self.out.append(alloc_requested(rid, want, minimum))
 
     def drained(self) -> bool:
         assert self.config is not None
@@ -405,4 +410,4 @@ class Transition:
         for a in due:
             self.drop_alloc(self.allocs[a])
             self.gone = self.gone.set(a, "released")
-            self.out.append(AllocReleased(alloc_id=a, reason="idle"))
+            self.out.append(alloc_released(a, "idle"))

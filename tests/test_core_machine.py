@@ -296,7 +296,8 @@ def test_sorted_index_matches_a_sorted_list(ops: list[tuple[str, int, int]]) -> 
     """The persistent index behind best fit and idle release, against a plain sorted list;
     old versions stay as they were (persistence)."""
     idx, model = SortedIndex(), []
-    for op, x, y in ops:
+    for op, i, j in ops:  # pairs with equal numbers too: the name breaks the tie
+        x, y = (i // 5 * 0.5, f"a{i % 5}"), (j // 5 * 0.5, f"a{j % 5}")
         before, snapshot = idx, list(model)
         if op == "add" and x not in model:
             idx = idx.add(x)

@@ -82,7 +82,7 @@ def test_probe_can_fail() -> None:
     assert {"random", "sqlite3"} <= set(got["loaded"])
 
 
-CORE_MODULES = ["core", "transition", "placement", "schedstate", "pmap", "check"]
+CORE_MODULES = ["core", "transition", "decisions", "placement", "schedstate", "pmap", "check"]
 ALLOWED = {"__future__", "heapq", "math", "bisect", "collections", "typing", "attrs",
            "immutables", "sortedcontainers", "reflowes"}
 

@@ -373,29 +373,89 @@ def test_decisions_do_not_depend_on_string_hashing() -> None:
     assert n > 600  # assignments, finishes, requeues, requests were all made
 
 
-def test_record_field_order_is_pinned() -> None:
-    """The core rebuilds records from slices by position: a reordered field must fail here."""
+def test_records_are_values_with_their_fields() -> None:
+    """Records are built positionally (native classes when compiled): each keeps exactly the
+    fields it was given, and the view lists a task's fields in their documented order."""
     from reflowes.engine.placement import Bucket
     from reflowes.engine.schedstate import (
+        NO_RESULT,
+        TASK_FIELDS,
         AllocRecord,
         AttemptRecord,
         ExecSlot,
         SchedulerState,
         TaskRecord,
+        free_size,
     )
 
-    assert TaskRecord._fields == (
-        "task_id", "run_id", "key", "ident", "priority", "declared", "resources", "state",
-        "attempt", "attempts", "submitted_at", "lost", "ooms", "temps", "alloc_id", "exec_id",
-        "error", "exit_code", "result")
-    assert AttemptRecord._fields == (
-        "attempt", "resources", "state", "alloc_id", "exec_id", "reason", "exit_code")
-    assert AllocRecord._fields == (
-        "alloc_id", "request_id", "resources", "free", "execs", "granted_at", "idle_since")
-    assert ExecSlot._fields == ("task_id", "alloc_id", "attempt", "resources")
-    assert Bucket._fields == (
-        "priority", "shape", "weight", "need", "items", "head", "tail", "covered")
-    assert SchedulerState._fields == (
-        "config", "now", "tasks", "allocs", "gone", "execs", "requests", "buckets", "by_free",
-        "idle", "counts", "pending", "next_seq", "next_request", "last_submit_at", "uncovered",
-        "order")
+    r, r2 = Resources(1, GiB), Resources(2, 3 * GiB, 4, 1)
+    first = AttemptRecord(1, r, TaskState.LOST, "a1", "t.1", "lost: x", None)
+    cur = AttemptRecord(2, r2, TaskState.ASSIGNED, "a2", "t.2")
+    t = TaskRecord("t", "run", "k", "id", 3, r, r2, TaskState.ASSIGNED, 2, (first,), cur, 1.5,
+                   1, 0, 0, "a2", "t.2", None, None)
+    assert [getattr(t, f) for f in TASK_FIELDS] == [
+        "t", "run", "k", "id", 3, r, r2, TaskState.ASSIGNED, 2, (first, cur), 1.5, 1, 0, 0,
+        "a2", "t.2", None, None, NO_RESULT]
+    assert [(x.attempt, x.resources, x.state, x.alloc_id, x.exec_id, x.reason, x.exit_code)
+            for x in t.attempts] == [(1, r, TaskState.LOST, "a1", "t.1", "lost: x", None),
+                                     (2, r2, TaskState.ASSIGNED, "a2", "t.2", None, None)]
+    moved = t.moved(TaskState.DONE, cur, None, None, None, 0, {"o": None}, 1)  # type: ignore[dict-item]
+    assert (moved.state, moved.lost, moved.result, moved.past, t.state, t.lost) == (
+        TaskState.DONE, 2, {"o": None}, (first,), TaskState.ASSIGNED, 1)
+    a = AllocRecord("a", "r1", r2, 1.5, 2, 3, 0, frozenset({"x"}), 2.0, None)
+    assert (a.free, a.free_size(), a.execs, a.granted_at, a.idle_since) == (
+        (1.5, 2, 3, 0), free_size((1.5, 2, 3, 0)), frozenset({"x"}), 2.0, None)
+    s = ExecSlot("t", "a", 2, r, (1.0, GiB, 0, 0))
+    assert (s.task_id, s.alloc_id, s.attempt, s.resources, s.need) == (
+        "t", "a", 2, r, (1.0, GiB, 0, 0))
+    b = Bucket(0, r, r.size(), (1.0, GiB, 0, 0), [], 0, 0, 0).push(7, "t").cover(1)
+    assert (b.peek(), b.waiting, b.uncovered, b.covered) == ((7, "t"), 1, 0, 1)
+    st = SchedulerState()
+    assert (st.config, st.now, st.pending, st.next_request, st.order, len(st.tasks)) == (
+        None, 0.0, 0, 1, None, 0)
+
+
+def test_decisions_built_without_attrs_init_equal_attrs_built_ones() -> None:
+    """engine/decisions.py fills the slots itself: the values must be what the classes' own
+    keyword __init__ makes (equal, same repr, same hash), and a field with a hook is refused."""
+    import attrs
+    from reflowes.engine import decisions as d
+
+    r, r2 = Resources(2, 3 * GiB), Resources(1, GiB, GiB)
+    pairs = [
+        (d.task_assigned("t", "a1", 2, "t.2", r),
+         TaskAssigned(task_id="t", alloc_id="a1", attempt=2, exec_id="t.2", resources=r)),
+        (d.task_finished("t", 2, False, {}, "boom", 1),
+         TaskFinished(task_id="t", attempt=2, ok=False, result={}, error="boom", exit_code=1)),
+        (d.task_requeued("t", 3, r2, "lost: x"),
+         TaskRequeued(task_id="t", attempt=3, resources=r2, reason="lost: x")),
+        (d.alloc_requested("r1", r, r2),
+         AllocRequested(request_id="r1", resources=r, minimum=r2)),
+        (d.alloc_released("a1", "idle"), AllocReleased(alloc_id="a1", reason="idle")),
+    ]
+    for fast, slow in pairs:
+        assert type(fast) is type(slow)
+        assert (fast, repr(fast)) == (slow, repr(slow))
+        if not isinstance(fast, TaskFinished):  # its result dict makes it unhashable
+            assert hash(fast) == hash(slow)
+
+    @attrs.frozen(kw_only=True)
+    class Checked:
+        x: int = attrs.field(converter=int)
+
+    with pytest.raises(TypeError, match="hook"):
+        d._setters(Checked, ("x",))
+    with pytest.raises(TypeError, match="fields changed"):
+        d._setters(TaskRequeued, ("task_id", "attempt", "resources"))
+
+
+def test_cpu_round_is_round_to_six_places() -> None:
+    """The shortcut for integral cpu gives exactly round(x, 6), inf and nan included."""
+    import math
+
+    from reflowes.engine.schedstate import cpu_round
+
+    for x in (0.0, -0.0, 3.0, -2.0, 1.5, 0.1 + 0.2, 16 - 0.3, 1e300, 2.0**60, math.inf,
+              -math.inf):
+        assert repr(cpu_round(x)) == repr(round(x, 6))
+    assert math.isnan(cpu_round(math.nan))
