@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import os
 import signal
-import struct
 import subprocess
 import sys
 from collections.abc import Callable
-from typing import Any
 
 MARKER = "REFLOWES_EXEC"  # in every step's environment: how recover() knows a pid is ours
 TAIL_LINES = 20
@@ -157,68 +155,3 @@ def kill_marked(exec_id: str) -> None:
         return
     for pid in pids:
         kill_if_ours(pid, exec_id)
-
-
-# sched_setattr(2) (Linux >= 6.12 honours sched_runtime as the slice of a SCHED_OTHER thread;
-# a shorter slice lets a waking thread preempt the running one). Not wrapped by the os module.
-_SYS_SCHED_SETATTR = {"x86_64": 314, "aarch64": 274}.get(os.uname().machine)
-_ATTR = "IIQiIQQQII"  # struct sched_attr, SCHED_ATTR_SIZE_VER1 (56 bytes)
-SPAWN_SLICE_NS = 100_000  # the kernel's shortest
-
-
-_libc: Any = None
-
-
-def _c() -> Any:
-    """The C library (loaded once): for the calls the os module does not wrap."""
-    global _libc
-    if _libc is None:
-        import ctypes
-
-        _libc = ctypes.CDLL(None, use_errno=True)
-    return _libc
-
-
-def _sched_setattr(pid: int, slice_ns: int, nice: int) -> bool:
-    if _SYS_SCHED_SETATTR is None or not sys.platform.startswith("linux"):
-        return False
-    try:
-        attr = struct.pack(_ATTR, struct.calcsize(_ATTR), 0, 0, nice, 0, slice_ns, 0, 0, 0, 0)
-        return int(_c().syscall(_SYS_SCHED_SETATTR, pid, attr, 0)) == 0
-    except (OSError, AttributeError):
-        return False
-
-
-def short_slice(on: bool) -> bool:
-    """Give the calling thread the kernel's shortest time slice (or back the default): a child
-    it spawns inherits it, so the new process is scheduled at once instead of queueing behind
-    running steps for a whole slice while the spawner waits for its exec (posix_spawn blocks:
-    1-2 ms per step on a busy 2-core machine). True when the kernel took it."""
-    return _sched_setattr(0, SPAWN_SLICE_NS if on else 0, os.getpriority(os.PRIO_PROCESS, 0))
-
-
-def default_slice(pid: int, nice: int) -> bool:
-    """Give a spawned step (at `nice`, its spawner's) the default slice back once it has
-    exec'd: steps run as usual."""
-    return _sched_setattr(pid, 0, nice)
-
-
-def current_cpu() -> int:
-    """The CPU the calling thread runs on now (-1 if unknown)."""
-    try:
-        return int(_c().sched_getcpu())
-    except (OSError, AttributeError):
-        return -1
-
-
-def spread(pid: int, cpus: set[int]) -> None:
-    """Let process `pid` and every descendant it already has run on `cpus` again (a step
-    spawned while its spawner was pinned starts pinned too)."""
-    try:
-        os.sched_setaffinity(pid, cpus)
-        with open(f"/proc/{pid}/task/{pid}/children", "rb") as f:
-            children = f.read().split()
-    except OSError:  # gone already, or no children file: nothing more to do
-        return
-    for child in children:
-        spread(int(child), cpus)
