@@ -71,6 +71,7 @@ from reflowes.events.model import (
     AllocReleased,
     AllocRequested,
     Event,
+    ExecCreated,
     ExecExited,
     ExecLost,
     ExecStarted,
@@ -207,7 +208,7 @@ def _died(tx: Transition, ev: AllocDied) -> None:
     tx.gone = tx.gone.set(ev.alloc_id, f"died: {ev.reason}")
 
 
-def _started(tx: Transition, ev: ExecStarted) -> None:
+def _started(tx: Transition, ev: ExecStarted | ExecCreated) -> None:
     t = tx.tasks[_exec_of(tx, ev, ev.exec_id, ev.task_id).task_id]  # the key's own string
     if t.state == _RUNNING:
         return  # re-attached after a restart: already known to run
@@ -283,6 +284,9 @@ _HANDLERS: Final[dict[str, Callable[[Transition, Event], None]]] = {
     ExecLost.kind: _exec_lost,  # type: ignore[dict-item]
     "clock.tick": _tick,
 }
+# An ExecCreated with started=True (a local exec, made and started at once) is also its
+# ExecStarted; one without is no fact for the core (the log had only those before).
+_CREATED_STARTED: Final[Callable[[Transition, Event], None]] = _started  # type: ignore[assignment]
 
 
 # ------------------------------------------------------------------ the API
@@ -292,7 +296,9 @@ def step(state: SchedulerState, event: Event, at: float) -> tuple[SchedulerState
     """Apply one recorded event at time `at`; the new state and the decisions it implies."""
     handler = _HANDLERS.get(event.kind)
     if handler is None:
-        return state, []
+        if type(event) is not ExecCreated or not event.started:
+            return state, []
+        handler = _CREATED_STARTED
     tx = Transition(state, at)
     if state.idle:  # the four phases; each is skipped when it cannot change anything
         tx.expire()

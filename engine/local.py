@@ -23,7 +23,7 @@ from reflowes.engine.localmem import Group, MemoryGroups
 from reflowes.engine.localpool import LocalPool
 from reflowes.engine.localproc import MARKER, Guardian, kill_if_ours, kill_marked, tail
 from reflowes.engine.repository import Repository, RepositoryError
-from reflowes.events.model import Event, ExecCreated, ExecExited, ExecLost, ExecStarted, FileRef
+from reflowes.events.model import Event, ExecCreated, ExecExited, ExecLost, FileRef
 from reflowes.events.resources import format_size
 
 __all__ = ["MARKER", "LocalExecutor", "LocalPool"]
@@ -148,8 +148,8 @@ class LocalExecutor:
         return [
             ExecCreated(exec_id=spec.exec_id, task_id=spec.task_id, alloc_id=spec.alloc_id,
                         executor="local", handle=str(pid), resources=spec.resources,
-                        config={"cmd": cmd, "workdir": d, "memory": self.memory}),
-            ExecStarted(exec_id=spec.exec_id, task_id=spec.task_id),
+                        config={"cmd": cmd, "workdir": d, "memory": self.memory},
+                        started=True),
         ]
 
     def _make_dir(self, spec: ExecSpec) -> str:

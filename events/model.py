@@ -326,6 +326,8 @@ class ExecCreated:
     handle: str
     config: dict[str, Any] = attrs.field(factory=dict)
     resources: Resources = Resources()
+    # Started as it was made (a local process): no ExecStarted follows; one event, not two.
+    started: bool = False
 
     def stream(self) -> str:
         return _stream("exec", self.exec_id)

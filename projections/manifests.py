@@ -69,9 +69,11 @@ def _created(st: ManifestsState, ev: m.ExecCreated, at: float) -> None:
     st.execs[ev.exec_id] = Manifest(
         ev.exec_id, ev.task_id, ev.alloc_id, ev.executor, ev.handle, at, ev.config, ev.resources
     )
+    if ev.started:
+        _started(st, ev, at)
 
 
-def _started(st: ManifestsState, ev: m.ExecStarted, at: float) -> None:
+def _started(st: ManifestsState, ev: m.ExecStarted | m.ExecCreated, at: float) -> None:
     man = _get(st, ev.exec_id, ev.task_id, at)
     if man.state is ExecState.CREATED:
         man.state = ExecState.RUNNING

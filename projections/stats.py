@@ -177,10 +177,15 @@ def _exec_attempt(st: StatsState, task_id: str, exec_id: str) -> TaskAttempt | N
     return None
 
 
-def _started(st: StatsState, ev: m.ExecStarted, at: float) -> None:
+def _started(st: StatsState, ev: m.ExecStarted | m.ExecCreated, at: float) -> None:
     att = _exec_attempt(st, ev.task_id, ev.exec_id)
     if att is not None and att.state is TaskState.ASSIGNED:
         att.state = TaskState.RUNNING
+
+
+def _created(st: StatsState, ev: m.ExecCreated, at: float) -> None:
+    if ev.started:  # made and started at once: no ExecStarted follows
+        _started(st, ev, at)
 
 
 def _exited(st: StatsState, ev: m.ExecExited, at: float) -> None:
@@ -221,6 +226,7 @@ HANDLERS: dict[type, Callable[[StatsState, Any, float], None]] = {
     m.TaskAssigned: _assigned,
     m.TaskRequeued: _requeued,
     m.TaskFinished: _finished,
+    m.ExecCreated: _created,
     m.ExecStarted: _started,
     m.ExecExited: _exited,
     m.ExecLost: _lost,

@@ -81,7 +81,7 @@ _SUMMARY: dict[type, Callable[[Any], str]] = {
     m.AllocReleased: lambda e: f"alloc {e.alloc_id} released ({e.reason})",
     m.ExecCreated: lambda e: (
         f"exec {_short(e.exec_id)} of task {_short(e.task_id)} on {e.alloc_id}: "
-        f"{e.executor} {e.handle}"
+        f"{e.executor} {e.handle}{', running' if e.started else ''}"
     ),
     m.ExecStarted: lambda e: f"exec {_short(e.exec_id)} running",
     m.ExecExited: lambda e: (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import attrs
 import pytest
 from reflowes.engine import core
 from reflowes.engine.check import check
@@ -12,6 +13,7 @@ from reflowes.events.model import (
     AllocRequested,
     BatchOpened,
     Event,
+    ExecCreated,
     ExecExited,
     ExecLost,
     ExecStarted,
@@ -92,6 +94,21 @@ def test_basic_assignment_after_drain() -> None:
     assert isinstance(fin, TaskFinished) and fin.ok and fin.attempt == 1
     assert core.task_counts(d.state)[TaskState.DONE] == 1
     assert len(core.assigned_execs(d.state)) == 0
+
+
+def test_an_exec_made_and_started_at_once_runs_and_one_only_made_does_not() -> None:
+    d = Driver()
+    d.submit("a")
+    (req,) = d.drain()
+    d.grant("a1", req.request_id, req.resources)
+    made = ExecCreated(exec_id="a.1", task_id="a", alloc_id="a1", executor="docker", handle="c")
+    before = d.state
+    assert d.feed(made) == [] and d.state is before  # no fact for the core
+    assert d.task("a").state == TaskState.ASSIGNED
+    d.feed(attrs.evolve(made, executor="local", handle="1", started=True))
+    assert d.task("a").state == TaskState.RUNNING
+    (fin,) = d.exit("a")
+    assert isinstance(fin, TaskFinished) and fin.ok
 
 
 def test_submissions_within_drain_are_packed_in_one_alloc() -> None:

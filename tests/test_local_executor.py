@@ -20,7 +20,7 @@ from reflowes.engine.local import MARKER, LocalExecutor, LocalPool
 from reflowes.engine.localmem import MemoryGroups
 from reflowes.engine.repository import Repository
 from reflowes.events.model import (
-    AllocDied, AllocGranted, Event, ExecCreated, ExecExited, ExecLost, ExecStarted, FileRef,
+    AllocDied, AllocGranted, Event, ExecCreated, ExecExited, ExecLost, FileRef,
 )
 from reflowes.events.resources import GiB, MiB, Resources
 
@@ -81,8 +81,8 @@ def gone(exec_ids: set[str], timeout: float = 5.0) -> bool:
 def test_step_output_is_hashed_with_the_right_content(ex: LocalExecutor, repo: Repository) -> None:
     evs = ex.put(spec("e1", "printf 'hello %s' {who} > {out}", scalars={"who": "world"},
                       outputs={"out": "file"}))
-    created, started = evs
-    assert isinstance(created, ExecCreated) and isinstance(started, ExecStarted)
+    (created,) = evs  # made and started at once: one event, no ExecStarted
+    assert isinstance(created, ExecCreated) and created.started
     assert created.executor == "local" and int(created.handle) > 0
     assert created.config["workdir"].endswith("/e1") and "printf" in created.config["cmd"]
     done = run_all(ex)["e1"]
@@ -195,7 +195,7 @@ def test_memory_hog_is_oom(repo: Repository, tmp_path: Path, memory: str) -> Non
 
 def test_put_is_idempotent_by_exec_id(ex: LocalExecutor) -> None:
     first = ex.put(spec("e9", "sleep 0.2; echo x > {o}", outputs={"o": "file"}))
-    assert len(first) == 2
+    assert len(first) == 1
     assert ex.put(spec("e9", "echo other > {o}", outputs={"o": "file"})) == []
     done = run_all(ex)
     assert list(done) == ["e9"]
@@ -305,8 +305,9 @@ def test_sigkill_of_the_controller_leaves_no_step_alive(tmp_path: Path, loop: st
     repo = Repository(tmp_path / "repo")
     again = LocalExecutor(repo, tmp_path / "execs")
     try:
-        assert len(again.put(ExecSpec(exec_id="c0", task_id="t", alloc_id="a",
-                                      template="echo fresh > {o}", outputs={"o": "file"}))) == 2
+        (made,) = again.put(ExecSpec(exec_id="c0", task_id="t", alloc_id="a",
+                                     template="echo fresh > {o}", outputs={"o": "file"}))
+        assert isinstance(made, ExecCreated) and made.started
         done = run_all(again)["c0"]
         assert isinstance(done, ExecExited) and repo.read_bytes(done.result["o"]) == b"fresh\n"
     finally:

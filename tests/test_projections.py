@@ -162,6 +162,24 @@ def test_manifests_every_exec() -> None:
     assert folded(RECS[:18]).manifests.execs["e2"].state is ExecState.RUNNING
 
 
+def test_an_exec_made_and_started_at_once_is_running_in_stats_and_manifests() -> None:
+    recs = record([
+        m.TaskSubmitted(task_id="t", run_id="r", key="k", ident="x", resources=ONE),
+        m.TaskAssigned(task_id="t", alloc_id="a", attempt=1, exec_id="e", resources=ONE),
+        m.ExecCreated(exec_id="e", task_id="t", alloc_id="a", executor="local", handle="7",
+                      started=True),
+    ])
+    p = folded(recs)
+    assert p.stats.attempt("t", 1).state is TaskState.RUNNING
+    man = p.manifests.execs["e"]
+    assert (man.state, man.created, man.started) == (ExecState.RUNNING, T0 + 3, T0 + 3)
+    # without the flag it is only made: an ExecStarted follows (e.g. a container)
+    made = folded(recs[:2] + record([m.ExecCreated(exec_id="e", task_id="t", alloc_id="a",
+                                                   executor="docker", handle="c")], 3))
+    assert made.stats.attempt("t", 1).state is TaskState.ASSIGNED
+    assert made.manifests.execs["e"].state is ExecState.CREATED
+
+
 def test_to_dict_is_json_ready() -> None:
     import json
 
@@ -214,7 +232,8 @@ def event_sequences(draw: hs.DrawFn) -> list[Recorded]:
         hs.builds(m.AllocDied, alloc_id=pick(allocs), reason=hs.just("gone")),
         hs.builds(m.AllocReleased, alloc_id=pick(allocs)),
         hs.builds(m.ExecCreated, exec_id=pick(execs), task_id=pick(tasks),
-                  alloc_id=pick(allocs), executor=hs.just("local"), handle=hs.just("1")),
+                  alloc_id=pick(allocs), executor=hs.just("local"), handle=hs.just("1"),
+                  started=hs.booleans()),
         hs.builds(m.ExecStarted, exec_id=pick(execs), task_id=pick(tasks)),
         hs.builds(m.ExecExited, exec_id=pick(execs), task_id=pick(tasks),
                   exit_code=hs.integers(0, 2), duration=hs.floats(0, 100)),

@@ -222,7 +222,7 @@ def test_ctrl_c_stops_cleanly_and_a_rerun_resumes(batch):
     log = d / "b.reflowes/log.sqlite"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        if log.exists() and kinds(log, "exec.started"):
+        if log.exists() and kinds(log, "exec.created"):  # a local exec: made and started
             break
         time.sleep(0.05)
     p.send_signal(signal.SIGINT)
