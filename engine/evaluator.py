@@ -19,6 +19,7 @@ from reflowes.engine.executor import ExecSpec
 from reflowes.engine.graph import ExecNode, FileNode, OutputRef, exec_key, scalar_text, walk
 from reflowes.engine.program import Program
 from reflowes.engine.repository import Repository
+from reflowes.engine.results import ResultsWriter
 from reflowes.events.errors import ReflowesError
 from reflowes.events.model import (
     CacheHit,
@@ -102,6 +103,8 @@ class Evaluator:
         # dir only once it is declared and done), so a new run costs no lookup.
         self._results_absent = not os.path.isdir(self.results_dir)
         self.memo: dict[str, RunMemo] = {}
+        self.results = ResultsWriter(repo, self.results_dir)
+        self.done_results: dict[str, dict[str, FileRef]] = {}  # run id -> its last ok result
         self.key_count: dict[str, int] = {}
         self.work: dict[str, TaskWork] = {}  # task id -> work, for tasks of this invocation
         self.by_key: dict[str, str] = {}  # key -> task id in flight
@@ -126,6 +129,7 @@ class Evaluator:
 
     def _declared(self, ev: RunDeclared) -> None:
         self.memo[ev.run_id] = RunMemo(ev.digest)
+        self.done_results.pop(ev.run_id, None)  # new inputs: the old results are cleared
 
     def _phase(self, ev: RunPhaseChanged) -> None:
         m = self.memo.get(ev.run_id)
@@ -137,6 +141,8 @@ class Evaluator:
         m = self.memo.get(ev.run_id)
         if m is not None:
             m.finished = ev.ok
+        if ev.ok:
+            self.done_results[ev.run_id] = ev.result
 
     def _submitted(self, ev: TaskSubmitted) -> None:
         self.key_count[ev.key] = self.key_count.get(ev.key, 0) + 1
@@ -272,21 +278,13 @@ class Evaluator:
 
     def _complete(self, run: RunEval) -> list[Event]:
         result: dict[str, FileRef] = {}
-        dest = f"{self.results_dir}/{run.spec.run_id}"
-        if run.result:  # made here, not by a failed link in materialize (3 syscalls fewer)
-            try:
-                os.mkdir(dest)
-            except FileExistsError:
-                pass
-            except FileNotFoundError:
-                os.makedirs(dest, exist_ok=True)
         for name, ref in run.result.items():
             if isinstance(ref, FileNode):
-                value = run.files[id(ref)]
+                result[name] = run.files[id(ref)]
             else:
-                value = run.values[id(ref.node)][ref.name]
-            result[name] = value
-            self.repo.materialize(value, f"{dest}/{name}")
+                result[name] = run.values[id(ref.node)][ref.name]
+        if result:  # linked under results/<run id>/ by the writer's thread
+            self.results.submit(run.spec.run_id, result)
         return self._finish(run, ok=True, result=result)
 
     def _finish(self, run: RunEval, *, ok: bool, error: str | None = None,
@@ -359,6 +357,16 @@ class Evaluator:
 
     def running_runs(self) -> int:
         return len(self.active)
+
+    def repair_results(self, run_ids: set[str]) -> int:
+        """Rewrite the results dirs of done runs (of `run_ids`) that are missing: the log said
+        done before the writer made them when a crash came between. Returns how many."""
+        return self.results.repair(
+            (r, res) for r, res in self.done_results.items() if r in run_ids)
+
+    def close(self, check: bool = True) -> None:
+        """Wait for every run's results to be linked; raise a failure to link if `check`."""
+        self.results.close(check)
 
 
 _RESTORE: dict[type, Callable[[Evaluator, Any], None]] = {

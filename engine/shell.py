@@ -144,11 +144,14 @@ class Shell:
         self.evaluator = Evaluator(self.repo, self.cache, self.layout.results)
         self.state = core.initial()
         try:
-            return self._drive(specs)
+            progress = self._drive(specs)
+            self.evaluator.close()  # every done run's results linked (raises if one was not)
+            return progress
         finally:
             self.local.close()
             if self.docker is not None:
                 self.docker.close()
+            self.evaluator.close(check=False)
             self.evaluator.flush_cache()
             self.log.close()
 
@@ -287,6 +290,7 @@ class Shell:
             if isinstance(rec.event, BatchOpened):
                 last_invocation = rec.event.invocation
         todo = [s for s in specs if self.evaluator.needs_run(s)]
+        self.evaluator.repair_results({s.run_id for s in specs})
         self.progress.runs_total = len(specs)
         self.progress.runs_skipped = len(specs) - len(todo)
         opened = BatchOpened(csv=str(self.layout.csv), program=str(self.opts.program or ""),
