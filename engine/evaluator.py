@@ -19,7 +19,7 @@ from reflowes.engine.executor import ExecSpec
 from reflowes.engine.graph import ExecNode, FileNode, OutputRef, exec_key, scalar_text, walk
 from reflowes.engine.program import Program
 from reflowes.engine.repository import Repository
-from reflowes.engine.results import ResultsWriter
+from reflowes.engine.results import Results
 from reflowes.events.errors import ReflowesError
 from reflowes.events.model import (
     CacheHit,
@@ -103,7 +103,7 @@ class Evaluator:
         # dir only once it is declared and done), so a new run costs no lookup.
         self._results_absent = not os.path.isdir(self.results_dir)
         self.memo: dict[str, RunMemo] = {}
-        self.results = ResultsWriter(repo, self.results_dir)
+        self.results = Results(repo, self.results_dir)
         self.done_results: dict[str, dict[str, FileRef]] = {}  # run id -> its last ok result
         self.key_count: dict[str, int] = {}
         self.work: dict[str, TaskWork] = {}  # task id -> work, for tasks of this invocation
@@ -283,8 +283,8 @@ class Evaluator:
                 result[name] = run.files[id(ref)]
             else:
                 result[name] = run.values[id(ref.node)][ref.name]
-        if result:  # linked under results/<run id>/ by the writer's thread
-            self.results.submit(run.spec.run_id, result)
+        if result:
+            self.results.write(run.spec.run_id, result)
         return self._finish(run, ok=True, result=result)
 
     def _finish(self, run: RunEval, *, ok: bool, error: str | None = None,
@@ -359,14 +359,10 @@ class Evaluator:
         return len(self.active)
 
     def repair_results(self, run_ids: set[str]) -> int:
-        """Rewrite the results dirs of done runs (of `run_ids`) that are missing: the log said
-        done before the writer made them when a crash came between. Returns how many."""
+        """Rewrite the results dirs of done runs (of `run_ids`) that are missing (deleted by
+        hand, say). Returns how many."""
         return self.results.repair(
             (r, res) for r, res in self.done_results.items() if r in run_ids)
-
-    def close(self, check: bool = True) -> None:
-        """Wait for every run's results to be linked; raise a failure to link if `check`."""
-        self.results.close(check)
 
 
 _RESTORE: dict[type, Callable[[Evaluator, Any], None]] = {

@@ -144,14 +144,11 @@ class Shell:
         self.evaluator = Evaluator(self.repo, self.cache, self.layout.results)
         self.state = core.initial()
         try:
-            progress = self._drive(specs)
-            self.evaluator.close()  # every done run's results linked (raises if one was not)
-            return progress
+            return self._drive(specs)
         finally:
             self.local.close()
             if self.docker is not None:
                 self.docker.close()
-            self.evaluator.close(check=False)
             self.evaluator.flush_cache()
             self.log.close()
 

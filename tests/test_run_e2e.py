@@ -70,17 +70,14 @@ def test_runs_every_row_then_resumes_without_rerunning(batch):
 
 
 def test_a_missing_results_dir_is_written_again_without_running_anything(batch):
-    """Results are linked off the loop and may lag the log: a rerun rebuilds a done run's dir
-    that is missing (a crash before the link, or a user's rm) and drops half-made ones."""
+    """Results are derived from the log: a rerun rewrites a done run's dir that is missing."""
     d, env = batch
     assert reflowes("run", "b.csv", "-p", "prog.py", cwd=d, env=env).returncode == 0
     results = d / "b.reflowes/results"
-    assert sorted(p.name for p in results.iterdir()) == ["s1", "s2", "s3"]  # nothing partial
     want = (results / "s2/tagged").read_bytes()
     for f in (results / "s2").iterdir():
         f.unlink()
     (results / "s2").rmdir()
-    (results / ".s3.partial").mkdir()  # as a crash mid-link leaves it
     r = reflowes("run", "b.csv", "-p", "prog.py", "--json", cwd=d, env=env)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["steps_run"] == 0
