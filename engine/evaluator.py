@@ -128,7 +128,7 @@ class Evaluator:
             fold(self, rec.event)
 
     def _declared(self, ev: RunDeclared) -> None:
-        self.memo[ev.run_id] = RunMemo(ev.digest)
+        self.memo[ev.run_id] = RunMemo(ev.digest, ev.tries)
         self.done_results.pop(ev.run_id, None)  # new inputs: the old results are cleared
 
     def _phase(self, ev: RunPhaseChanged) -> None:
@@ -173,16 +173,17 @@ class Evaluator:
         """Declare (if new or changed) and begin evaluating a run."""
         out: list[Event] = []
         m = self.memo.get(spec.run_id)
-        if m is None or m.digest != spec.digest:
+        if m is None or m.digest != spec.digest:  # declared, and its first try begins
             out.append(RunDeclared(
                 run_id=spec.run_id, program=str(spec.program.path), params=spec.params,
-                digest=spec.digest, row=spec.row,
+                digest=spec.digest, row=spec.row, tries=1,
             ))
-            m = self.memo[spec.run_id] = RunMemo(spec.digest)
+            m = self.memo[spec.run_id] = RunMemo(spec.digest, 1)
             self._clear_results(spec.run_id)
-        m.tries += 1
-        m.finished = None
-        out.append(RunPhaseChanged(run_id=spec.run_id, phase=RunPhase.EVAL, tries=m.tries))
+        else:
+            m.tries += 1
+            m.finished = None
+            out.append(RunPhaseChanged(run_id=spec.run_id, phase=RunPhase.EVAL, tries=m.tries))
         run = RunEval(spec, priority)
         self.active[spec.run_id] = run
         try:

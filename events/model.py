@@ -113,6 +113,9 @@ class RunDeclared:
     params: dict[str, str]
     digest: str
     row: int = 0
+    # > 0: its evaluation began too, as try `tries` (one event for a new run's first phase
+    # change, not two); 0: only declared, a RunPhaseChanged follows (older logs).
+    tries: int = 0
 
     def stream(self) -> str:
         return _stream("run", self.run_id)

@@ -81,7 +81,9 @@ def _declared(st: BatchState, ev: m.RunDeclared, at: float) -> None:
     old = st.runs.get(ev.run_id)
     if old is not None and old.digest == ev.digest:
         return  # the same row seen again by a resuming invocation
-    st.runs[ev.run_id] = RunState(ev.run_id, ev.program, ev.params, ev.digest, at, ev.row)
+    run = st.runs[ev.run_id] = RunState(ev.run_id, ev.program, ev.params, ev.digest, at, ev.row)
+    if ev.tries:  # its evaluation began at once (no RunPhaseChanged to EVAL follows)
+        run.phase, run.tries, run.last_try = RunPhase.EVAL, ev.tries, at
 
 
 def _phase(st: BatchState, ev: m.RunPhaseChanged, at: float) -> None:

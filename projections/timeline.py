@@ -48,6 +48,7 @@ _SUMMARY: dict[type, Callable[[Any], str]] = {
         f"run {e.run_id} (row {e.row}) program {e.program} params "
         + " ".join(f"{k}={v}" for k, v in e.params.items())
         + f" digest {_short(e.digest)}"
+        + (f" -> eval (try {e.tries})" if e.tries else "")
     ),
     m.RunPhaseChanged: lambda e: f"run {e.run_id} -> {e.phase.value} (try {e.tries}){_err(e.error)}",
     m.RunFinished: lambda e: (

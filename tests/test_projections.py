@@ -133,6 +133,19 @@ def test_batch_runs_phases_results_and_resource_minutes() -> None:
     assert totals["steps_run"] == 1 and totals["steps_cached"] == 1
 
 
+def test_a_run_declared_with_its_first_try_is_evaluating() -> None:
+    recs = record([
+        m.RunDeclared(run_id="a", program="p.py", params={}, digest="d", tries=1),
+        m.RunDeclared(run_id="b", program="p.py", params={}, digest="d"),  # older logs
+        m.RunPhaseChanged(run_id="a", phase=RunPhase.EVAL, tries=2),
+    ])
+    runs = folded(recs[:2]).batch.runs
+    assert (runs["a"].phase, runs["a"].tries, runs["a"].last_try) == (RunPhase.EVAL, 1, T0 + 1)
+    assert (runs["b"].phase, runs["b"].tries, runs["b"].last_try) == (RunPhase.INIT, 0, None)
+    a = folded(recs).batch.runs["a"]
+    assert (a.phase, a.tries, a.last_try) == (RunPhase.EVAL, 2, T0 + 3)
+
+
 def test_batch_new_digest_resets_run_and_same_digest_does_not() -> None:
     b = folded(RECS).batch
     r1 = b.runs["r1"]

@@ -61,6 +61,9 @@ def test_runs_every_row_then_resumes_without_rerunning(batch):
     submitted = kinds(log, "task.submitted")
     assert sorted(e.ident for e in submitted).count("shared") == 1
     assert len(kinds(log, "exec.created")) == 7
+    # a new run's first try begins with its declaration: no run.phase event for it
+    assert [e.tries for e in kinds(log, "run.declared")] == [1, 1, 1]
+    assert kinds(log, "run.phase") == []
     r2 = reflowes("run", "b.csv", "--program", "prog.py", "--json", cwd=d, env=env)
     assert r2.returncode == 0, r2.stderr
     summary = json.loads(r2.stdout)
@@ -127,6 +130,9 @@ def test_failing_step_fails_its_run_with_stderr_tail_and_rerun_retries(batch):
     r = reflowes("run", "b.csv", "-p", "bad.py", cwd=d, env=env)
     assert r.returncode == 1
     assert len(kinds(d / "b.reflowes/log.sqlite", "exec.created")) == before + 3
+    r = reflowes("status", "b.csv", "--json", cwd=d, env=env)
+    assert r.returncode == 0, r.stderr
+    assert {run["tries"] for run in json.loads(r.stdout)["runs"]} == {2}  # second try
 
 
 def test_missing_output_and_missing_input_are_clear(batch):
