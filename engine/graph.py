@@ -6,7 +6,6 @@ Pure data and pure functions: no I/O (paths are resolved as text only), no clock
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import functools
 import hashlib
@@ -42,15 +41,21 @@ class MissingOutput(GraphError, KeyError):
         return str(self.args[0])
 
 
-@contextlib.contextmanager
-def base_dir(path: str | os.PathLike[str]) -> Iterator[str]:
-    """Within this block, relative `rf.file`/`rf.dir` paths resolve against `path`."""
-    absolute = os.path.abspath(path)
-    token = _BASE.set(absolute)
-    try:
-        yield absolute
-    finally:
-        _BASE.reset(token)
+class base_dir:  # lower case: used as a function
+    """Within this block, relative `rf.file`/`rf.dir` paths resolve against `path`. A class,
+    not a generator context manager: it is entered once per run (~5x cheaper)."""
+
+    __slots__ = ("_token", "absolute")
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.absolute = os.path.abspath(path)
+
+    def __enter__(self) -> str:
+        self._token = _BASE.set(self.absolute)
+        return self.absolute
+
+    def __exit__(self, *exc: object) -> None:
+        _BASE.reset(self._token)
 
 
 def current_base_dir() -> str:
