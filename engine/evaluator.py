@@ -284,8 +284,8 @@ class Evaluator:
                 result[name] = run.files[id(ref)]
             else:
                 result[name] = run.values[id(ref.node)][ref.name]
-        if result:
-            self.results.write(run.spec.run_id, result)
+        if result:  # linked by the linker process (engine/results.py)
+            self.results.submit(run.spec.run_id, result)
         return self._finish(run, ok=True, result=result)
 
     def _finish(self, run: RunEval, *, ok: bool, error: str | None = None,
@@ -364,6 +364,10 @@ class Evaluator:
         hand, say). Returns how many."""
         return self.results.repair(
             (r, res) for r, res in self.done_results.items() if r in run_ids)
+
+    def close(self) -> None:
+        """Wait until every done run's results are linked; raise if some could not be."""
+        self.results.close()
 
 
 _RESTORE: dict[type, Callable[[Evaluator, Any], None]] = {

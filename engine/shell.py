@@ -27,6 +27,7 @@ from reflowes.engine.local import LocalExecutor
 from reflowes.engine.localpool import LocalPool
 from reflowes.engine.recovery import WorldView
 from reflowes.engine.repository import Repository
+from reflowes.events.errors import ReflowesError
 from reflowes.events.log import SqliteLog
 from reflowes.events.model import (
     AllocReleased,
@@ -144,12 +145,27 @@ class Shell:
         self.evaluator = Evaluator(self.repo, self.cache, self.layout.results)
         self.state = core.initial()
         try:
-            return self._drive(specs)
-        finally:
+            progress = self._drive(specs)
+        except BaseException:
+            self._close(check=False)
+            raise
+        self._close(check=True)
+        return progress
+
+    def _close(self, check: bool) -> None:
+        """Stop the executors, write the cache index, wait for the results to be linked (a
+        failure to link raised if `check`), close the log."""
+        try:
             self.local.close()
             if self.docker is not None:
                 self.docker.close()
             self.evaluator.flush_cache()
+            try:
+                self.evaluator.close()
+            except ReflowesError:
+                if check:
+                    raise
+        finally:
             self.log.close()
 
     # ------------------------------------------------------------ recording
