@@ -15,11 +15,12 @@ import json
 import subprocess
 import sys
 
+from reflowes.engine.localproc import READ_LINES
+
 PARTIAL = ".partial"
 
-_LINKER = """
-import json, os, shutil, sys, time
-os.set_blocking(0, False)
+_LINKER = READ_LINES + """
+import json, shutil
 
 def write(dest, items):
     head, tail = os.path.split(dest)
@@ -46,22 +47,14 @@ def write(dest, items):
         shutil.rmtree(dest, ignore_errors=True)
         os.rename(tmp, dest)
 
-rest = b""
-while True:
+def run(line):
+    dest, items = json.loads(line)
     try:
-        data = os.read(0, 1 << 16)
-    except BlockingIOError:
-        time.sleep(0.05)
-        continue
-    if not data:
-        break
-    *lines, rest = (rest + data).split(b"\\n")
-    for line in lines:
-        dest, items = json.loads(line)
-        try:
-            write(dest, items)
-        except OSError as e:
-            print(json.dumps([dest, str(e)]), flush=True)
+        write(dest, items)
+    except OSError as e:
+        print(json.dumps([dest, str(e)]), flush=True)
+
+read_lines(run, 0.05)
 """.replace("PARTIAL", repr(PARTIAL))
 
 

@@ -13,33 +13,44 @@ MARKER = "REFLOWES_EXEC"  # in every step's environment: how recover() knows a p
 TAIL_LINES = 20
 _TAIL_BYTES = 8192
 
+# The loop of a helper process fed lines on its stdin by the controller (the guardian, the
+# linker): reads without blocking, napping between reads (a blocked reader would be woken and
+# scheduled by every write, which cost the controller ~0.5 ms per poll on a busy machine);
+# calls handle(line) for each line, returns at EOF (the controller exited or died).
+READ_LINES = """
+import os, time
+def read_lines(handle, nap):
+    os.set_blocking(0, False)
+    rest = b""
+    while True:
+        try:
+            data = os.read(0, 1 << 16)
+        except BlockingIOError:
+            time.sleep(nap)
+            continue
+        if not data:
+            return
+        *lines, rest = (rest + data).split(b"\\n")
+        for line in lines:
+            handle(line)
+"""
+
 # Reads "+pgid" / "-pgid" lines; at EOF (the controller exited or died) kills every group left.
-_GUARDIAN = """
-import os, signal, sys, time
+_GUARDIAN = READ_LINES + """
+import signal, sys
 for s in (signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGPIPE):
     signal.signal(s, signal.SIG_IGN)
-# Reads without blocking, napping between reads: a blocked reader would be woken (and
-# scheduled) by every write, which costs the controller ~0.5 ms per poll on a busy machine.
-os.set_blocking(0, False)
-groups, rest = set(), b""
-while True:
+groups = set()
+def group(line):
     try:
-        data = os.read(0, 1 << 16)
-    except BlockingIOError:
-        time.sleep(0.1)
-        continue
-    if not data:
-        break
-    *lines, rest = (rest + data).split(b"\\n")
-    for line in lines:
-        try:
-            pg = int(line[1:])
-        except ValueError:
-            continue
-        if line[:1] == b"+":
-            groups.add(pg)
-        else:
-            groups.discard(pg)
+        pg = int(line[1:])
+    except ValueError:
+        return
+    if line[:1] == b"+":
+        groups.add(pg)
+    else:
+        groups.discard(pg)
+read_lines(group, 0.1)
 for pg in groups:
     try:
         os.killpg(pg, signal.SIGKILL)
