@@ -85,6 +85,10 @@ def _summary(p: Progress, layout: BatchLayout, as_json: bool) -> None:
 # A snapshot at most this many events behind the log's end is left as it is (readers fold the
 # short tail): resuming a finished batch then neither loads nor stores the whole bundle.
 SNAPSHOT_SLACK = 5000
+# Groups are folded into the live projections this many events at a time: one fold over a
+# chunk runs with its code and data in the CPU's caches, ~600 small ones interleaved with the
+# loop's other work do not.
+FOLD_CHUNK = 2000
 
 
 class _Projector:
@@ -96,19 +100,27 @@ class _Projector:
         self.live: projections.Projections | None = None
         self.base = -1  # the seq before this invocation's first group
         self.pending: list[Recorded] = []  # its groups, until the live bundle is needed
+        self.unfolded: list[Recorded] = []  # groups for the live bundle, folded by the chunk
 
     def recorded(self, log: SqliteLog, recs: list[Recorded]) -> None:
         if not recs:
             return
         if self.live is not None:
-            if self.live.seq == recs[0].seq - 1:  # else it fell behind: folded from the log
-                self.live.apply_all(recs)
+            self.unfolded += recs
+            if len(self.unfolded) >= FOLD_CHUNK:
+                self._fold()
             return
         if self.base < 0:
             self.base = recs[0].seq - 1
         self.pending += recs
         if self.base == 0 or len(self.pending) > SNAPSHOT_SLACK:
             self._materialize(log)
+
+    def _fold(self) -> None:
+        recs, self.unfolded = self.unfolded, []
+        live = self.live
+        if live is not None and recs and live.seq == recs[0].seq - 1:
+            live.apply_all(recs)  # else it fell behind: folded from the log when needed
 
     def _materialize(self, log: SqliteLog) -> None:
         """The bundle as of `base` (snapshot + tail), then this invocation's groups."""
@@ -121,6 +133,7 @@ class _Projector:
         """Store the projections as of now (folded from the log if the live ones fell behind)."""
         if self.live is None and self.pending:
             self._materialize(log)
+        self._fold()
         live = self.live
         if live is None or live.seq != log.last_seq():
             live = self.live = projections.fold(log)

@@ -272,9 +272,12 @@ def test_bundled_example_runs(tmp_path):
     assert report.read_text().startswith("sample\tS3\nreads\t")
 
 
-def test_long_invocation_checkpoints_projections(batch, monkeypatch):
-    """The CLI keeps the projections current from the groups as they are committed, stores
-    them at each checkpoint and at the end: each snapshot is what folding the log gives."""
+@pytest.mark.parametrize("chunk", [7, 2000])
+def test_long_invocation_checkpoints_projections(batch, monkeypatch, chunk):
+    """The CLI keeps the projections current from the groups as they are committed (folded
+    `chunk` events at a time), stores them at each checkpoint and at the end: each snapshot is
+    what folding the log gives."""
+    from reflowes.cli import run as cli_run
     from reflowes.cli.run import _Projector
     from reflowes.engine import shell
     from reflowes.engine.batchplan import BatchOptions
@@ -283,6 +286,7 @@ def test_long_invocation_checkpoints_projections(batch, monkeypatch):
 
     d, _env = batch
     monkeypatch.setattr(shell, "CHECKPOINT_EVERY", 20)
+    monkeypatch.setattr(cli_run, "FOLD_CHUNK", chunk)
     seqs: list[int] = []
     snaps: list[tuple[int, bytes]] = []
     projector = _Projector()
