@@ -360,7 +360,7 @@ class Evaluator:
         return len(self.active)
 
     def repair_results(self, run_ids: set[str]) -> int:
-        """Rewrite the results dirs of done runs (of `run_ids`) that are missing (deleted by
+        """Rewrite the results dirs of the done runs `run_ids` that are missing (deleted by
         hand, say). Returns how many."""
         return self.results.repair(
             (r, res) for r, res in self.done_results.items() if r in run_ids)

@@ -303,7 +303,8 @@ class Shell:
             if isinstance(rec.event, BatchOpened):
                 last_invocation = rec.event.invocation
         todo = [s for s in specs if self.evaluator.needs_run(s)]
-        self.evaluator.repair_results({s.run_id for s in specs})
+        # Only runs that stay done: a changed row's old results are cleared when it starts.
+        self.evaluator.repair_results({s.run_id for s in specs} - {s.run_id for s in todo})
         self.progress.runs_total = len(specs)
         self.progress.runs_skipped = len(specs) - len(todo)
         opened = BatchOpened(csv=str(self.layout.csv), program=str(self.opts.program or ""),
