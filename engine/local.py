@@ -22,6 +22,7 @@ from reflowes.engine.executor import ExecSpec, render
 from reflowes.engine.localmem import Group, MemoryGroups
 from reflowes.engine.localpool import LocalPool
 from reflowes.engine.localproc import MARKER, Guardian, kill_if_ours, kill_marked, tail
+from reflowes.engine.localshell import Resident, Shells, exportable
 from reflowes.engine.repository import Repository, RepositoryError
 from reflowes.events.model import Event, ExecCreated, ExecExited, ExecLost, FileRef
 from reflowes.events.resources import format_size
@@ -44,13 +45,12 @@ _OOM_TEXT = re.compile(
 class _Exec:
     """One exec in flight."""
 
-    __slots__ = ("cgroup", "dir", "killed", "limit", "pid", "pidfd", "spec", "started")
+    __slots__ = ("cgroup", "dir", "killed", "limit", "pid", "pidfd", "shell", "spec", "started")
 
-    def __init__(
-        self, spec: ExecSpec, d: str, pid: int, pidfd: int, limit: int, cgroup: Group | None
-    ) -> None:
+    def __init__(self, spec: ExecSpec, d: str, pid: int, pidfd: int, limit: int,
+                 cgroup: Group | None, shell: Resident | None = None) -> None:
         self.spec, self.dir, self.pid, self.pidfd, self.limit = spec, d, pid, pidfd, limit
-        self.cgroup = cgroup
+        self.cgroup, self.shell = cgroup, shell
         self.started = time.monotonic()
         self.killed = False
 
@@ -90,6 +90,10 @@ class LocalExecutor:
         self._guardian = Guardian(self._mem.base if self._mem is not None else None)
         self._path = os.environ.get("PATH") or os.defpath
         self._null_fds = [(os.POSIX_SPAWN_OPEN, fd, os.devnull, os.O_RDWR, 0) for fd in (0, 1, 2)]
+        # A resident shell's MARKER value: the batch's workdir (one controller per batch).
+        self._marker = f"shell:{self.workdir}"
+        self._shells = Shells(SHELL, self._path, (MARKER, self._marker), self._poller,
+                              self._guardian)
 
     # ------------------------------------------------------------ put
 
@@ -128,6 +132,10 @@ class LocalExecutor:
                 self._mem, self.memory = None, "rlimit"  # writable but refused: fall back
         if cgroup is None and limit > 0:
             prologue += f"ulimit -v {max(limit >> 10, 1)} 2>/dev/null\n"
+        if cgroup is not None and exportable(spec.env):
+            started = self._run_resident(spec, d, cmd, limit, cgroup)
+            if started is not None:
+                return started
         env = {"PATH": self._path, "HOME": d, "TMPDIR": d}
         env.update(spec.env)
         env[MARKER] = spec.exec_id
@@ -148,6 +156,23 @@ class LocalExecutor:
         return [
             ExecCreated(exec_id=spec.exec_id, task_id=spec.task_id, alloc_id=spec.alloc_id,
                         executor="local", handle=str(pid), resources=spec.resources,
+                        config={"cmd": cmd, "workdir": d, "memory": self.memory},
+                        started=True),
+        ]
+
+    def _run_resident(self, spec: ExecSpec, d: str, cmd: str, limit: int,
+                      cgroup: Group) -> list[Event] | None:
+        """Start the step in a resident shell's subshell; None if no shell can be had."""
+        env = {"HOME": d, "TMPDIR": d, **spec.env, MARKER: spec.exec_id}
+        join = f"echo 0 >{shlex.quote(cgroup.path + '/cgroup.procs')} || exit 126\n"
+        sh = self._shells.start(d, env, join, cmd)
+        if sh is None:
+            return None
+        self._guardian.flush(self._live_pids)  # a new shell's group, at once
+        self._live[sh.report_fd] = _Exec(spec, d, sh.pid, sh.report_fd, limit, cgroup, sh)
+        return [
+            ExecCreated(exec_id=spec.exec_id, task_id=spec.task_id, alloc_id=spec.alloc_id,
+                        executor="local", handle=str(sh.pid), resources=spec.resources,
                         config={"cmd": cmd, "workdir": d, "memory": self.memory},
                         started=True),
         ]
@@ -206,7 +231,9 @@ class LocalExecutor:
         self._spare.append((d, bool(spec.outputs)))
 
     def _live_pids(self) -> list[int]:
-        return [e.pid for e in self._live.values()]
+        """The process groups the guardian must kill: steps' and resident shells'."""
+        return ([e.pid for e in self._live.values() if e.shell is None]
+                + self._shells.pids())
 
     def _failed(self, spec: ExecSpec, d: str, error: str) -> list[Event]:
         self._ready.append(ExecExited(exec_id=spec.exec_id, task_id=spec.task_id, exit_code=-1,
@@ -227,6 +254,13 @@ class LocalExecutor:
         for fd, _ in ready:
             ex = self._live.get(fd)
             if ex is None:
+                if fd in self._shells.by_fd:  # an idle shell died
+                    self._shells.drop(self._shells.by_fd[fd])
+                continue
+            if ex.shell is not None:
+                ev = self._shell_exited(ex)
+                if ev is not None:
+                    out.append(ev)
                 continue
             try:
                 pid, status, usage = os.wait4(ex.pid, os.WNOHANG)
@@ -245,12 +279,33 @@ class LocalExecutor:
             else:
                 peak, oom_killed = self._peak(usage.ru_maxrss << 10), False
             if not ex.killed:
-                ev = self._outcome(ex, status, peak, oom_killed)
+                code = os.waitstatus_to_exitcode(status)
+                if code < 0:
+                    code = 128 - code  # like a shell (and Docker): killed by signal N -> 128 + N
+                ev = self._outcome(ex, code, peak, oom_killed)
                 if ev is not None:
                     out.append(ev)
         if self._collecting:
             out += self._collected()
         return out
+
+    def _shell_exited(self, ex: _Exec) -> Event | None:
+        """The outcome of a step run by a resident shell, once the shell reported it."""
+        sh = ex.shell
+        assert sh is not None and ex.cgroup is not None and self._mem is not None
+        code = sh.status()
+        if code is None:
+            return None
+        del self._live[sh.report_fd]
+        peak, oom_killed = MemoryGroups.read(ex.cgroup)
+        self._mem.release(ex.cgroup)  # kills what the step left running
+        self._shells.done(sh, code)
+        if ex.killed:
+            return None
+        if code < 0:
+            return ExecLost(exec_id=ex.spec.exec_id, task_id=ex.spec.task_id,
+                            reason=f"the shell running the step (pid {sh.pid}) died")
+        return self._outcome(ex, code, peak, oom_killed)
 
     def _collected(self) -> list[Event]:
         """Outcomes whose outputs the hashing threads have finished."""
@@ -309,12 +364,9 @@ class LocalExecutor:
         os.close(ex.pidfd)
         del self._live[ex.pidfd]
 
-    def _outcome(self, ex: _Exec, status: int, peak: int, oom_killed: bool) -> ExecExited | None:
+    def _outcome(self, ex: _Exec, code: int, peak: int, oom_killed: bool) -> ExecExited | None:
         """The exec's outcome; None when its outputs are being hashed on a worker thread."""
         spec = ex.spec
-        code = os.waitstatus_to_exitcode(status)
-        if code < 0:
-            code = 128 - code  # like a shell (and Docker): killed by signal N -> 128 + N
         duration = time.monotonic() - ex.started
         if code != 0:
             last = tail(f"{ex.dir}/stderr")
@@ -376,7 +428,9 @@ class LocalExecutor:
             return []  # ours, in this controller: its outcome comes through poll
         self._known.add(exec_id)
         pid = int(handle) if handle and handle.isdigit() else 0
-        killed = pid > 0 and kill_if_ours(pid, exec_id)
+        # A step of an earlier controller: its own process, or the resident shell that ran it
+        # (marked by the batch's workdir: one controller at a time per batch).
+        killed = pid > 0 and (kill_if_ours(pid, exec_id) or kill_if_ours(pid, self._marker))
         reason = (f"process {pid} killed: a local exec cannot be re-attached after a restart"
                   if killed else "the controller restarted and the step's process is gone")
         return [ExecLost(exec_id=exec_id, task_id=task_id, reason=reason)]
@@ -387,7 +441,7 @@ class LocalExecutor:
             if ex.spec.exec_id == exec_id:
                 ex.killed = True
                 try:
-                    os.killpg(ex.pid, signal.SIGKILL)
+                    os.killpg(ex.pid, signal.SIGKILL)  # a resident shell goes with its step
                 except ProcessLookupError:
                     pass
                 break
@@ -408,13 +462,17 @@ class LocalExecutor:
             except ProcessLookupError:
                 pass
         for ex in list(self._live.values()):
-            try:
-                os.waitpid(ex.pid, 0)
-            except ChildProcessError:
-                pass
-            self._forget(ex)
+            if ex.shell is not None:
+                del self._live[ex.pidfd]
+            else:
+                try:
+                    os.waitpid(ex.pid, 0)
+                except ChildProcessError:
+                    pass
+                self._forget(ex)
             if ex.cgroup is not None:
                 ex.cgroup.close()
+        self._shells.close()
         if self._hasher is not None:
             self._hasher.shutdown(wait=True)
             self._hasher = None

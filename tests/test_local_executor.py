@@ -25,14 +25,25 @@ from reflowes.events.model import (
 from reflowes.events.resources import GiB, MiB, Resources
 
 
+def cgroup_or_skip() -> None:
+    probe = MemoryGroups.open()
+    if probe is None:
+        pytest.skip("no writable cgroup v1 memory controller here")
+    probe.close()
+
+
 @pytest.fixture
 def repo(tmp_path: Path) -> Repository:
     return Repository(tmp_path / "repo")
 
 
-@pytest.fixture
-def ex(repo: Repository, tmp_path: Path):  # type: ignore[no-untyped-def]
-    e = LocalExecutor(repo, tmp_path / "execs")
+@pytest.fixture(params=["cgroup", "rlimit"])
+def ex(repo: Repository, tmp_path: Path, request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+    """Both ways of running a step: a resident shell's subshell in a memory cgroup, or a
+    `sh -c` exec'd under RLIMIT_AS."""
+    if request.param == "cgroup":
+        cgroup_or_skip()
+    e = LocalExecutor(repo, tmp_path / "execs", memory=request.param)
     yield e
     e.close()
 
@@ -169,10 +180,7 @@ def test_dir_output(ex: LocalExecutor, repo: Repository) -> None:
 @pytest.mark.parametrize("memory", ["cgroup", "rlimit"])
 def test_memory_hog_is_oom(repo: Repository, tmp_path: Path, memory: str) -> None:
     if memory == "cgroup":
-        probe = MemoryGroups.open()
-        if probe is None:
-            pytest.skip("no writable cgroup v1 memory controller here")
-        probe.close()
+        cgroup_or_skip()
     ex = LocalExecutor(repo, tmp_path / "execs", memory=memory)
     try:
         ex.put(spec("e8", f"{sys.executable} -c 'bytearray(400 << 20)'",
@@ -398,14 +406,33 @@ def test_big_outputs_are_hashed_off_the_loop(ex: LocalExecutor, repo: Repository
     assert ex.running() == 0
 
 
-def test_a_command_too_long_to_start_is_a_failed_outcome(ex: LocalExecutor) -> None:
-    evs = ex.put(spec("huge", "echo {v}", scalars={"v": "x" * (1 << 21)}))  # > MAX_ARG_STRLEN
-    assert [type(e) for e in evs] == [ExecCreated]
-    done = run_all(ex)["huge"]
-    assert isinstance(done, ExecExited) and done.exit_code == -1
-    assert "cannot start" in (done.error or "")
-    assert ex.put(spec("after", "echo ok > {o}", outputs={"o": "file"}))  # still usable
-    assert isinstance(run_all(ex)["after"], ExecExited)
+def test_a_command_too_long_to_exec_is_a_failed_outcome(repo: Repository,
+                                                        tmp_path: Path) -> None:
+    ex = LocalExecutor(repo, tmp_path / "execs", memory="rlimit")  # steps exec'd as `sh -c`
+    try:
+        evs = ex.put(spec("huge", "echo {v}", scalars={"v": "x" * (1 << 21)}))  # > MAX_ARG_STRLEN
+        assert [type(e) for e in evs] == [ExecCreated]
+        done = run_all(ex)["huge"]
+        assert isinstance(done, ExecExited) and done.exit_code == -1
+        assert "cannot start" in (done.error or "")
+        assert ex.put(spec("after", "echo ok > {o}", outputs={"o": "file"}))  # still usable
+        assert isinstance(run_all(ex)["after"], ExecExited)
+    finally:
+        ex.close()
+
+
+def test_a_resident_shell_runs_a_command_beyond_the_exec_limit(repo: Repository,
+                                                              tmp_path: Path) -> None:
+    cgroup_or_skip()
+    ex = LocalExecutor(repo, tmp_path / "execs", memory="cgroup")  # steps run by a shell's fork
+    try:
+        ex.put(spec("huge", "printf %s {v} | wc -c > {o}", scalars={"v": "x" * (1 << 21)},
+                    outputs={"o": "file"}))
+        done = run_all(ex)["huge"]
+        assert isinstance(done, ExecExited) and done.exit_code == 0, done
+        assert repo.path(done.result["o"]).read_text().strip() == str(1 << 21)
+    finally:
+        ex.close()
 
 
 def test_pool_memory_is_capped_by_the_cgroup_limit(tmp_path: Path) -> None:
