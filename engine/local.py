@@ -1,8 +1,9 @@
-"""The local executor: each exec is a `/bin/sh -c` process in a private dir `workdir/<exec id>/`
+"""The local executor: each exec is a shell script in a private dir `workdir/<exec id>/`
 (inputs under in/, outputs under out/, stdout, stderr; HOME and TMPDIR point there; the host's
-PATH and nothing else of its environment; the dir of a step that succeeded silently is reused),
-in its own process group watched by a guardian; memory capped by a reused cgroup, else
-RLIMIT_AS. Imports no docker."""
+PATH and nothing else of its environment; the dir of a step that succeeded silently is reused).
+With memory cgroups (reused, one per running exec) it runs in a subshell of a resident shell
+(localshell.py: no exec per step), whose process group the guardian watches; else it is a
+`/bin/sh -c` process in its own process group under RLIMIT_AS. Imports no docker."""
 
 from __future__ import annotations
 
