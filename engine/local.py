@@ -14,25 +14,22 @@ import select
 import shlex
 import shutil
 import signal
-import stat
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 
 from reflowes.engine.errors import InfraError
 from reflowes.engine.executor import ExecSpec, render
+from reflowes.engine.localcollect import Outputs
 from reflowes.engine.localmem import Group, MemoryGroups
 from reflowes.engine.localpool import LocalPool
 from reflowes.engine.localproc import MARKER, Guardian, kill_if_ours, kill_marked, tail
 from reflowes.engine.localshell import Resident, Shells, exportable
 from reflowes.engine.repository import Repository, RepositoryError
-from reflowes.events.model import Event, ExecCreated, ExecExited, ExecLost, FileRef
+from reflowes.events.model import Event, ExecCreated, ExecExited, ExecLost
 from reflowes.events.resources import format_size
 
 __all__ = ["MARKER", "LocalExecutor", "LocalPool"]
 
 SHELL = "/bin/sh"
-_HASHERS = 2  # threads hashing big outputs
-_INLINE_HASH = 4 << 20  # outputs up to this size are hashed in the loop itself
 # Python ignores these; a step must not inherit that (`yes | head` would print EPIPE errors).
 _SIGDEF = (signal.SIGPIPE, signal.SIGXFSZ)
 _SPARES = 64  # at most this many finished execs' dirs kept for reuse
@@ -84,10 +81,7 @@ class LocalExecutor:
         self._live: dict[int, _Exec] = {}  # by pidfd
         self._ready: list[Event] = []  # outcomes decided at put time (staging failures)
         self._poller = select.poll()
-        self._hasher: ThreadPoolExecutor | None = None
-        self._efd = -1
-        self._collecting: dict[str, Future[ExecExited]] = {}
-        self._dropped: set[str] = set()
+        self._outputs = Outputs(repo, self._poller)
         self._guardian = Guardian(self._mem.base if self._mem is not None else None)
         self._path = os.environ.get("PATH") or os.defpath
         self._null_fds = [(os.POSIX_SPAWN_OPEN, fd, os.devnull, os.O_RDWR, 0) for fd in (0, 1, 2)]
@@ -286,8 +280,7 @@ class LocalExecutor:
                 ev = self._outcome(ex, code, peak, oom_killed)
                 if ev is not None:
                     out.append(ev)
-        if self._collecting:
-            out += self._collected()
+        out += self._outputs.ready()
         return out
 
     def _shell_exited(self, ex: _Exec) -> Event | None:
@@ -307,47 +300,6 @@ class LocalExecutor:
             return ExecLost(exec_id=ex.spec.exec_id, task_id=ex.spec.task_id,
                             reason=f"the shell running the step (pid {sh.pid}) died")
         return self._outcome(ex, code, peak, oom_killed)
-
-    def _collected(self) -> list[Event]:
-        """Outcomes whose outputs the hashing threads have finished."""
-        try:
-            os.eventfd_read(self._efd)
-        except BlockingIOError:
-            return []
-        out: list[Event] = []
-        for exec_id, fut in list(self._collecting.items()):
-            if fut.done():
-                del self._collecting[exec_id]
-                if exec_id not in self._dropped:
-                    out.append(fut.result())
-                self._dropped.discard(exec_id)
-        return out
-
-    def _defer(self, ex: _Exec, peak: int, duration: float) -> None:
-        """Hash big outputs on a worker thread (hashlib drops the GIL) while the loop goes on."""
-        if self._hasher is None:
-            self._hasher = ThreadPoolExecutor(_HASHERS, thread_name_prefix="reflowes-hash")
-            self._efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-            self._poller.register(self._efd, select.POLLIN)
-        fut = self._hasher.submit(self._collect, ex, peak, duration)
-        fut.add_done_callback(lambda _: os.eventfd_write(self._efd, 1))
-        self._collecting[ex.spec.exec_id] = fut
-
-    def _small_outputs(self, ex: _Exec) -> dict[str, os.stat_result | None] | None:
-        """The lstat of each output (None: missing) when all are files small enough to hash
-        in the loop; None when one is a dir or big (hashed on a worker thread)."""
-        stats: dict[str, os.stat_result | None] = {}
-        for name, kind in ex.spec.outputs.items():
-            if kind == "dir":
-                return None
-            try:
-                st = stats[name] = os.lstat(f"{ex.dir}/out/{name}")
-            except OSError:
-                stats[name] = None
-                continue
-            if st.st_size > _INLINE_HASH:
-                return None
-        return stats
 
     def _peak(self, maxrss: int) -> int:
         """The step's peak RSS, or 0 when unknown: a spawned process inherits the spawner's
@@ -380,46 +332,10 @@ class LocalExecutor:
                               oom=oom, peak_mem=peak, stderr_tail=last, duration=duration,
                               error=(f"out of memory (limit {format_size(ex.limit)}, "
                                      f"{self.memory})") if oom else None)
-        small = self._small_outputs(ex)
-        if small is None:
-            self._defer(ex, peak, duration)
-            return None
-        out = self._collect(ex, peak, duration, small)
-        if out.error is None:
+        out = self._outputs.collect(spec, ex.dir, peak, duration)
+        if out is not None and out.error is None:
             self._recycle(ex)
         return out
-
-    def _collect(self, ex: _Exec, peak: int, duration: float,
-                 stats: dict[str, os.stat_result | None] | None = None) -> ExecExited:
-        """Hash the outputs of an exec that exited 0 into the repository (`stats`: the lstat
-        of each file output, None when missing, if the caller has them)."""
-        spec = ex.spec
-        result: dict[str, FileRef] = {}
-        for name, kind in spec.outputs.items():
-            p = f"{ex.dir}/out/{name}"
-            try:
-                if kind == "dir":
-                    if not os.path.isdir(p):
-                        raise FileNotFoundError(p)
-                    result[name] = self.repo.put_dir(p, move=True)
-                else:
-                    st = os.lstat(p) if stats is None else stats[name]
-                    if st is None:
-                        raise FileNotFoundError(p)
-                    if stat.S_ISDIR(st.st_mode):
-                        raise IsADirectoryError(p)
-                    result[name] = self.repo.put_file(p, move=True, st=st)
-            except FileNotFoundError:
-                return ExecExited(exec_id=spec.exec_id, task_id=spec.task_id, exit_code=0,
-                                  peak_mem=peak, duration=duration, stderr_tail=tail(
-                                      f"{ex.dir}/stderr"),
-                                  error=f"step produced no declared output {name!r}")
-            except (OSError, RepositoryError) as e:
-                return ExecExited(exec_id=spec.exec_id, task_id=spec.task_id, exit_code=0,
-                                  peak_mem=peak, duration=duration,
-                                  error=f"cannot collect output {name!r}: {e}")
-        return ExecExited(exec_id=spec.exec_id, task_id=spec.task_id, exit_code=0,
-                          peak_mem=peak, result=result, duration=duration)
 
     # ------------------------------------------------------------ recover, kill, close
 
@@ -446,13 +362,12 @@ class LocalExecutor:
                 except ProcessLookupError:
                     pass
                 break
-        if exec_id in self._collecting:
-            self._dropped.add(exec_id)
+        self._outputs.drop(exec_id)
         self._ready = [e for e in self._ready if getattr(e, "exec_id", None) != exec_id]
 
     def running(self) -> int:
         """How many execs are in flight (including outcomes not yet polled)."""
-        return len(self._live) + len(self._ready) + len(self._collecting) - len(self._dropped)
+        return len(self._live) + len(self._ready) + self._outputs.pending()
 
     def close(self) -> None:
         """Kill every exec still running and stop the guardian."""
@@ -474,13 +389,7 @@ class LocalExecutor:
             if ex.cgroup is not None:
                 ex.cgroup.close()
         self._shells.close()
-        if self._hasher is not None:
-            self._hasher.shutdown(wait=True)
-            self._hasher = None
-            self._poller.unregister(self._efd)
-            os.close(self._efd)
-            self._collecting.clear()
-            self._dropped.clear()
+        self._outputs.close()
         self._guardian.flush(list)
         if self._mem is not None:
             self._mem.close()
