@@ -158,9 +158,8 @@ class LocalExecutor:
     def _run_resident(self, spec: ExecSpec, d: str, cmd: str, limit: int,
                       cgroup: Group) -> list[Event] | None:
         """Start the step in a resident shell's subshell; None if no shell can be had."""
-        env = {"HOME": d, "TMPDIR": d, **spec.env, MARKER: spec.exec_id}
-        join = f"echo 0 >{shlex.quote(cgroup.path + '/cgroup.procs')} || exit 126\n"
-        sh = self._shells.start(d, env, join, cmd)
+        env = {**spec.env, MARKER: spec.exec_id}
+        sh = self._shells.start(d, env, cgroup.join, cmd)
         if sh is None:
             return None
         self._guardian.flush(self._live_pids)  # a new shell's group, at once

@@ -63,10 +63,12 @@ def memory_ceiling() -> int | None:
 class Group:
     """A memory cgroup with its control files kept open (read with pread: no open per exec)."""
 
-    __slots__ = ("fds", "limit", "ooms", "path")
+    __slots__ = ("fds", "join", "limit", "ooms", "path")
 
     def __init__(self, path: str, memsw: bool) -> None:
         self.path = path
+        # The shell line that moves the shell running it into the group ("0": the writer).
+        self.join = f"echo 0 > {shlex.quote(path + '/cgroup.procs')} || exit 126\n"
         names = ["memory.max_usage_in_bytes", "memory.oom_control", "memory.usage_in_bytes",
                  "cgroup.procs", "memory.limit_in_bytes", "memory.force_empty"]
         if memsw:
@@ -147,7 +149,7 @@ class MemoryGroups:
     @staticmethod
     def prologue(g: Group) -> str:
         """The shell line that moves the step's shell into the group before it runs anything."""
-        return f"echo $$ > {shlex.quote(g.path + '/cgroup.procs')} || exit 126\n"
+        return g.join
 
     @staticmethod
     def read(g: Group) -> tuple[int, bool]:

@@ -47,12 +47,14 @@ class Resident:
         self._rest = b""
 
     def run(self, d: str, env: dict[str, str], prologue: str, cmd: str) -> None:
-        """Run `cmd` in a subshell: in dir `d`, stdout/stderr to files there, stdin from
-        /dev/null, only `env` exported beside PATH. Raises OSError if the shell is gone."""
+        """Run `cmd` in a subshell: in dir `d` (HOME and TMPDIR too), stdout/stderr to files
+        there, stdin from /dev/null, only `env` exported beside PATH, HOME and TMPDIR. Raises
+        OSError if the shell is gone."""
         q = shlex.quote
-        exports = " ".join(f"{k}={q(v)}" for k, v in env.items())
-        script = (f"(cd {q(d)} || exit 126\nexec >stdout 2>stderr </dev/null 3>&-\n{prologue}"
-                  f"export {exports}\neval {q(cmd)}\n)\necho $? >&3\n")
+        qd = q(d)
+        exports = "".join([f" {k}={q(v)}" for k, v in env.items()])
+        script = (f"(cd {qd} || exit 126\nexec >stdout 2>stderr </dev/null 3>&-\n{prologue}"
+                  f"export HOME={qd} TMPDIR={qd}{exports}\neval {q(cmd)}\n)\necho $? >&3\n")
         data = script.encode()
         while data:
             data = data[os.write(self.cmd_fd, data):]

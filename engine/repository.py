@@ -89,6 +89,10 @@ class Repository:
         """Where the object of `ref` lives (a dir's listing object for a dir)."""
         return Path(self._opath(ref.digest))
 
+    def path_str(self, ref: FileRef) -> str:
+        """`path` as a plain string (no pathlib on the hot path)."""
+        return self._opath(ref.digest)
+
     def has(self, ref: FileRef) -> bool:
         """True when the object exists with the right size (a dir: its listing and its files)."""
         try:

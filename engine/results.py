@@ -38,7 +38,7 @@ class Results:
             self.write(run_id, result)
             return
         self._linker.link(f"{self.dir}/{run_id}",
-                          [(name, str(self.repo.path(ref))) for name, ref in result.items()])
+                          [(name, self.repo.path_str(ref)) for name, ref in result.items()])
 
     def write(self, run_id: str, result: Mapping[str, FileRef]) -> None:
         """Link `result` under results/<run_id>/ now (files there of the same names replaced)."""
