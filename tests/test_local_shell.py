@@ -105,3 +105,10 @@ def test_kill_stops_the_step_and_its_shell(ex: LocalExecutor) -> None:
         assert ex.poll(0.5) == []
     assert ex.running() == 0
     assert text(ex, run(ex, "then", "echo ok > {o}")) == "ok\n"
+
+
+def test_an_env_name_no_shell_can_export_runs_the_step_as_sh_c(ex: LocalExecutor) -> None:
+    done = run(ex, "oddenv", "tr '\\0' '\\n' < /proc/$$/environ | grep '^A-B=' > {o}",
+               env={"A-B": "x y"})  # the shell exec'd with it (dash then hides such names)
+    assert text(ex, done) == "A-B=x y\n"
+    assert not ex._shells.by_fd  # no resident shell was used
